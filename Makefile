@@ -1,0 +1,39 @@
+# atelier: `make demo` runs the whole path end to end; `make test` sets up and runs the tests.
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-done
+
+.PHONY: setup demo test test-unit test-integration lint format bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt scripts/setup.sh
+	bash scripts/setup.sh
+	touch $(STAMP)
+
+demo: setup
+	bash scripts/demo.sh
+
+test: setup
+	$(BIN)/pytest -q
+
+test-unit: setup
+	$(BIN)/pytest -q -m unit
+
+test-integration: setup
+	$(BIN)/pytest -q -m integration
+
+lint: setup
+	$(BIN)/ruff check src tests handlers
+	$(BIN)/ruff format --check src tests handlers
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff format src tests handlers
+	$(BIN)/ruff check --fix src tests handlers
+
+bench: setup
+	$(BIN)/atelier bench train
+
+clean:
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,181 @@
+"""The `atelier` command line. Errors become one line on stderr and a non-zero exit here."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from atelier.errors import AtelierError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train, archive, serve and watch an image classifier.",
+)
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print a table.")
+app.add_typer(bench_app, name="bench")
+
+DEFAULT_STORE = Path("model-store")
+
+
+@app.command()
+def train(
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="YAML config, see training-job/configs/")
+    ],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override: key.sub=value")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="run folder (default runs/<name>-<time>)")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue from --out's last checkpoint")
+    ] = False,
+) -> None:
+    """Train, evaluate and gate a model; write a run folder."""
+    from atelier.config import load_config
+    from atelier.errors import ConfigError
+    from atelier.training import train as run_train
+
+    cfg = load_config(config, set_ or [])
+    if resume and out is None:
+        raise ConfigError("--resume needs --out: the run folder to continue")
+    out_dir = out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = run_train(cfg, out_dir, resume=resume)
+    m = result.metrics
+    typer.echo(
+        f"run {result.run_dir}: test_accuracy={m['test_accuracy']:.4f} params={m['params']} "
+        f"train_seconds={m['train_seconds']:.1f} gate=passed"
+    )
+
+
+@app.command()
+def archive(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder written by `atelier train`")],
+    store: Annotated[Path, typer.Option("--store", help="model store root")] = DEFAULT_STORE,
+    version: Annotated[
+        str | None, typer.Option("--version", help="new version (default: next integer)")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="model name (default: the run's)")
+    ] = None,
+) -> None:
+    """Build a versioned .mar from a run into the model store and make it current."""
+    from atelier.archive import archive_run
+
+    result = archive_run(run_dir, store, version=version, name=name)
+    typer.echo(f"archived {result.name} version {result.version} -> {result.version_dir} (current)")
+
+
+@app.command()
+def serve(
+    store: Annotated[Path, typer.Option("--store", help="model store root")] = DEFAULT_STORE,
+    model: Annotated[
+        str | None, typer.Option("--model", help="model name (default: the store's current)")
+    ] = None,
+    port: Annotated[int, typer.Option("--port", help="inference port", min=1, max=65535)] = 8085,
+    management_port: Annotated[int, typer.Option("--management-port", min=1, max=65535)] = 8081,
+    metrics_port: Annotated[int, typer.Option("--metrics-port", min=1, max=65535)] = 8082,
+    run_dir: Annotated[
+        Path, typer.Option("--run-dir", help="TorchServe logs and temp files")
+    ] = Path("runs/torchserve"),
+) -> None:
+    """Run TorchServe on the store in the foreground until SIGTERM or Ctrl-C."""
+    import signal
+
+    from atelier.archive import current
+    from atelier.errors import ConfigError
+    from atelier.serving.torchserve import TorchServe, TorchServeSettings
+
+    cur = current(store)
+    if model is None:
+        if cur is None:
+            raise ConfigError(
+                f"{store} has no current model", hint="run atelier archive first, or pass --model"
+            )
+        model = str(cur["name"])
+    ts = TorchServe(
+        TorchServeSettings(
+            store=store,
+            run_dir=run_dir,
+            model_name=model,
+            inference_port=port,
+            management_port=management_port,
+            metrics_port=metrics_port,
+        )
+    )
+
+    def _stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        with ts:
+            typer.echo(f"ready: {model} version {cur['version'] if cur else '?'}")
+            typer.echo(f"  predictions {ts.inference_url}/predictions/{model}")
+            typer.echo(f"  management  {ts.management_url}/models/{model}")
+            typer.echo(f"  metrics     {ts.metrics_url}/metrics")
+            while ts.proc is not None and ts.proc.poll() is None:
+                ts.proc.wait(timeout=None)
+            raise AtelierError(f"TorchServe exited with {ts.proc.returncode if ts.proc else '?'}")
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+
+
+@app.command()
+def samples(
+    out: Annotated[Path, typer.Option("--out", help="folder for the PNG files")] = Path(
+        "runs/samples"
+    ),
+    n: Annotated[int, typer.Option("--n", min=1, max=10_000, help="how many test images")] = 8,
+    data: Annotated[Path, typer.Option("--data", help="Fashion-MNIST folder")] = Path(
+        "/usr/share/datasets/fashion-mnist"
+    ),
+) -> None:
+    """Write Fashion-MNIST test images as PNG files named <index>-<true label>.png."""
+    from atelier.data.idx import FASHION_MNIST_CLASSES, load_fashion_mnist
+    from atelier.preprocess import encode_png
+
+    arrays = load_fashion_mnist(data)
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        label = FASHION_MNIST_CLASSES[int(arrays["test_y"][i])].replace("/", "-").replace(" ", "-")
+        (out / f"{i:04d}-{label}.png").write_bytes(encode_png(arrays["test_x"][i]))
+    typer.echo(f"wrote {n} PNG files to {out}")
+
+
+@bench_app.command("train")
+def bench_train(
+    configs: Annotated[
+        list[Path] | None, typer.Option("--config", help="configs to run (default: all three)")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="where the runs go")] = Path("runs/bench"),
+) -> None:
+    """Train each config, archive it into a scratch store, and print a table against the targets."""
+    from atelier.bench import bench_train as run
+
+    run(configs, out)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(standalone_mode=False)
+    except AtelierError as exc:
+        typer.echo(f"error: {exc.one_line()}", err=True)
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

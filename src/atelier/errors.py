@@ -1,0 +1,78 @@
+"""Typed errors. Each class names the HTTP status and the process exit code it becomes.
+
+Errors are turned into responses (HTTP) or one-line messages (CLI) in one place each:
+`atelier.cli.main` for the command line, the serving layer for HTTP.
+"""
+
+from __future__ import annotations
+
+
+class AtelierError(Exception):
+    """Base class. ``message`` says what is wrong, ``hint`` how to fix it."""
+
+    http_status: int = 500
+    exit_code: int = 1
+    kind: str = "internal_error"
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        text = self.message
+        if self.hint:
+            text += f" (fix: {self.hint})"
+        return " ".join(text.split())
+
+
+class ConfigError(AtelierError):
+    """A config file, a --set override or a CLI flag is invalid."""
+
+    http_status = 400
+    exit_code = 2
+    kind = "config_error"
+
+
+class DataError(AtelierError):
+    """The training data cannot be used."""
+
+    http_status = 400
+    exit_code = 3
+    kind = "data_error"
+
+
+class DataMissingError(DataError):
+    kind = "data_missing"
+
+
+class CorruptDataError(DataError):
+    kind = "corrupt_data"
+
+
+class GateFailedError(AtelierError):
+    """The trained model is below the quality gate; nothing is published."""
+
+    http_status = 409
+    exit_code = 4
+    kind = "gate_failed"
+
+
+class ArchiveError(AtelierError):
+    """A run cannot be archived into the model store."""
+
+    http_status = 400
+    exit_code = 5
+    kind = "archive_error"
+
+
+class VersionExistsError(ArchiveError):
+    http_status = 409
+    kind = "version_exists"
+
+
+class ServerError(AtelierError):
+    """A server the project starts (TorchServe, ...) failed to start or to get ready."""
+
+    exit_code = 6
+    kind = "server_error"

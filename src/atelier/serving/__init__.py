@@ -1,0 +1,1 @@
+"""Serving: starting the model servers that run the atelier handler."""
