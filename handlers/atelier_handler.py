@@ -31,10 +31,21 @@ class AtelierHandler(BaseHandler):
         import numpy as np
 
         arrays = []
-        for row in data:
+        self.top_k = []
+        for i, row in enumerate(data):
             body = row.get("data") or row.get("body")
             arrays.append(self.classifier.to_input(bytes(body)))
+            # TorchServe drops query parameters when a request has a body, so the number of
+            # classes to list travels in a header: X-Top-K: 10
+            self.top_k.append(int(self._header(i, "x-top-k") or 5))
         return np.stack(arrays)
+
+    def _header(self, index: int, name: str) -> str | None:
+        for variant in (name, name.title(), name.upper()):
+            value = self.context.get_request_header(index, variant)
+            if value is not None:
+                return str(value)
+        return None
 
     def inference(self, data: Any, *args: Any, **kwargs: Any) -> Any:
         return self.classifier.predict_proba(data)
@@ -42,6 +53,6 @@ class AtelierHandler(BaseHandler):
     def postprocess(self, data: Any) -> list[dict[str, Any]]:
         request_ids = getattr(self.context, "request_ids", None) or {}
         return [
-            self.classifier.describe(probs, str(request_ids.get(i) or uuid.uuid4()))
+            self.classifier.describe(probs, str(request_ids.get(i) or uuid.uuid4()), self.top_k[i])
             for i, probs in enumerate(data)
         ]

@@ -126,9 +126,11 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected key=value", hint="e.g. --set train.epochs=3")
     key, raw = item.split("=", 1)
-    parts = [p for p in key.strip().split(".") if p]
-    if not parts:
-        raise ConfigError(f"--set {item!r}: empty key")
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(
+            f"--set {item!r}: empty key or key part", hint="e.g. --set train.epochs=3"
+        )
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
@@ -140,7 +142,21 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     for item in overrides:
         parts, value = parse_override(item)
         node = raw
+        model: type[BaseModel] | None = TrainConfig
         for i, part in enumerate(parts[:-1]):
+            field = model.model_fields.get(part) if model else None
+            section = field.annotation if field else None
+            if (
+                model is not None
+                and field is not None
+                and not (isinstance(section, type) and issubclass(section, BaseModel))
+            ):
+                raise ConfigError(
+                    f"--set {'.'.join(parts)}: {'.'.join(parts[: i + 1])} is not a section"
+                )
+            model = (
+                section if isinstance(section, type) and issubclass(section, BaseModel) else None
+            )
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 where = ".".join(parts[: i + 1])

@@ -67,7 +67,7 @@ class StandardNet(nn.Module):
 
 def build_model(arch: str, in_channels: int, num_classes: int, dropout: float = 0.25) -> nn.Module:
     if arch == "compact":
-        return CompactNet(in_channels, num_classes, dropout=min(dropout, 0.1))
+        return CompactNet(in_channels, num_classes, dropout=dropout)
     if arch == "standard":
         return StandardNet(in_channels, num_classes, dropout=dropout)
     raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")

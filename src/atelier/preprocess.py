@@ -44,6 +44,17 @@ def image_to_array(img: Image.Image, size: int, channels: int) -> np.ndarray:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, rgba)
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        # Wide grayscale: scale to 8 bits (Pillow's convert("L") would clip at 255).
+        wide = np.asarray(img, dtype=np.float64)
+        peak = float(wide.max()) if wide.size else 0.0
+        if img.mode.startswith("I;16") or peak > 255:
+            full = 65535.0
+        elif img.mode == "F" and peak <= 1.0:
+            full = 1.0
+        else:
+            full = 255.0
+        img = Image.fromarray(np.clip(wide / full * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     target = "L" if channels == 1 else "RGB"
     if img.mode != target:
         img = img.convert(target)

@@ -116,17 +116,21 @@ def _git_commit() -> str:
 
 
 def _check_resume(cfg: TrainConfig, saved: dict[str, Any]) -> None:
+    """A resumed run must use the checkpoint's config. The time budget may change, and so
+    may the number of epochs when the learning-rate schedule does not depend on it."""
+    free = {"time_budget_seconds"}
+    if cfg.optim.schedule in ("constant", "step"):
+        free.add("epochs")
     a = cfg.model_dump(mode="json")
     b = dict(saved)
     for c in (a, b):
-        c["train"] = {
-            k: v for k, v in c["train"].items() if k not in ("epochs", "time_budget_seconds")
-        }
+        c["train"] = {k: v for k, v in c["train"].items() if k not in free}
     if a != b:
         diff = sorted(k for k in a if a.get(k) != b.get(k))
         raise ConfigError(
             f"--resume: the config differs from the checkpoint's in section(s) {', '.join(diff)}",
-            hint="resume with the same config (only train.epochs may change) or use a new --out",
+            hint=f"resume with the same config (free to change: {', '.join(sorted(free))}) "
+            "or use a new --out",
         )
 
 

@@ -15,6 +15,8 @@ from atelier.data.idx import FASHION_MNIST_CLASSES, FILES, load_fashion_mnist
 from atelier.data.split import stratified_split, stratified_subset
 from atelier.errors import ConfigError
 
+TEST_SPLIT_SEED = 0
+
 
 @dataclass
 class Splits:
@@ -55,14 +57,15 @@ def _load_fashion_mnist(cfg: DataConfig) -> tuple[dict[str, np.ndarray], list[st
 
 
 def _load_folder(
-    cfg: DataConfig, seed: int
+    cfg: DataConfig,
 ) -> tuple[dict[str, np.ndarray], list[str], dict[str, Any]]:
     folder = load_image_folder(cfg.path, cfg.image_size, cfg.channels, cfg.on_unreadable)
     manifest = hashlib.sha256()
     for path in folder.files:
         rel = path.relative_to(cfg.path).as_posix()
         manifest.update(f"{rel}\t{sha256_file(path)}\n".encode())
-    rest, test = stratified_split(folder.y, cfg.test_fraction, seed)
+    # The test split is fixed (seed 0) so runs with other training seeds score on the same images.
+    rest, test = stratified_split(folder.y, cfg.test_fraction, TEST_SPLIT_SEED)
     arrays = {
         "train_x": folder.x[rest],
         "train_y": folder.y[rest],
@@ -85,7 +88,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     if cfg.source == "fashion-mnist":
         arrays, class_names, identity = _load_fashion_mnist(cfg)
     else:
-        arrays, class_names, identity = _load_folder(cfg, seed)
+        arrays, class_names, identity = _load_folder(cfg)
     train_x, train_y = arrays["train_x"], arrays["train_y"]
     test_x, test_y = arrays["test_x"], arrays["test_y"]
     if cfg.train_limit is not None:

@@ -95,7 +95,8 @@ def load_fashion_mnist(root: Path) -> dict[str, np.ndarray]:
             )
         if len(images) != len(labels):
             raise CorruptDataError(
-                f"{split}: {len(images)} images but {len(labels)} labels",
+                f"{split}: {len(images)} images in {root / FILES[f'{split}_images']} but "
+                f"{len(labels)} labels in {root / FILES[f'{split}_labels']}",
                 hint="the image and label files do not belong together",
             )
         if len(images) != EXPECTED_COUNTS[split]:

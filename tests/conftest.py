@@ -1,0 +1,53 @@
+"""Shared fixtures: one smoke training run and one model store per test session."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from atelier.archive import ArchiveResult, archive_run
+from atelier.config import load_config
+from atelier.paths import project_file
+from atelier.training import RunResult, train
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+SMOKE_CONFIG = project_file("training-job/configs/smoke.yaml")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    """The smoke config trained once per session (about 15 s on 2 cores)."""
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    return train(load_config(SMOKE_CONFIG), out)
+
+
+@pytest.fixture(scope="session")
+def smoke_store(smoke_run: RunResult, tmp_path_factory: pytest.TempPathFactory) -> ArchiveResult:
+    store = tmp_path_factory.mktemp("store")
+    return archive_run(smoke_run.run_dir, store)
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir() -> Path:
+    return FASHION_MNIST
+
+
+@pytest.fixture
+def tiny_overrides() -> Callable[..., list[str]]:
+    """--set overrides for a few-second run on a small stratified subset."""
+
+    def make(**overrides: object) -> list[str]:
+        base: dict[str, object] = {
+            "data.train_limit": 600,
+            "data.test_limit": 200,
+            "train.epochs": 1,
+            "train.batch_size": 64,
+            "augment.enabled": False,
+            "gate.min_accuracy": 0.0,
+        }
+        base.update({k.replace("__", "."): v for k, v in overrides.items()})
+        return [f"{k}={v}" for k, v in base.items()]
+
+    return make

@@ -1,0 +1,85 @@
+"""A real TorchServe on 127.0.0.1 serving the archived smoke model: PNG in, class out."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+
+from atelier.archive import ArchiveResult
+from atelier.data.idx import load_fashion_mnist
+from atelier.inference import Classifier
+from atelier.preprocess import encode_png
+from atelier.serving.torchserve import TorchServe, TorchServeSettings
+from atelier.training import RunResult
+
+pytestmark = pytest.mark.integration
+
+N_IMAGES = 200
+
+
+@pytest.fixture(scope="module")
+def torchserve(smoke_store: ArchiveResult, tmp_path_factory: pytest.TempPathFactory):
+    store = smoke_store.version_dir.parent.parent
+    ts = TorchServe(
+        TorchServeSettings(
+            store=store, run_dir=tmp_path_factory.mktemp("ts"), model_name="fashion-mnist"
+        )
+    )
+    with ts:
+        yield ts
+
+
+def test_200_test_images_match_in_process_predictions(
+    torchserve: TorchServe, smoke_run: RunResult, smoke_store: ArchiveResult, fashion_mnist_dir
+) -> None:
+    data = load_fashion_mnist(fashion_mnist_dir)
+    images = data["test_x"][:N_IMAGES]
+    pngs = [encode_png(img) for img in images]
+    clf = Classifier.from_dir(smoke_run.run_dir)
+    expected = clf.predict_images(pngs)
+    # The PNG round trip is lossless: predicting the arrays directly gives the same answer.
+    np.testing.assert_allclose(expected, clf.predict_proba(images), atol=1e-6)
+    num_classes = expected.shape[1]
+    url = f"{torchserve.inference_url}/predictions/fashion-mnist"
+
+    def classify(png: bytes) -> dict:
+        r = requests.post(
+            url,
+            data=png,
+            headers={"Content-Type": "image/png", "X-Top-K": str(num_classes)},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    # Concurrent requests, so TorchServe batches some of them (batchSize 8).
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(classify, pngs))
+
+    assert len(answers) == N_IMAGES
+    for i, answer in enumerate(answers):
+        assert answer["class_id"] == int(expected[i].argmax())
+        assert answer["label"] == clf.spec.class_names[answer["class_id"]]
+        assert answer["model_version"] == smoke_store.version
+        assert answer["request_id"]
+        served = np.zeros(num_classes)
+        for entry in answer["top_k"]:
+            served[entry["class_id"]] = entry["probability"]
+        assert len(answer["top_k"]) == num_classes
+        np.testing.assert_allclose(served, expected[i], atol=1e-5)
+    accuracy = np.mean([a["class_id"] for a in answers] == data["test_y"][:N_IMAGES])
+    assert accuracy >= 0.75
+
+
+def test_readiness_is_the_model_state_and_metrics_are_prometheus(torchserve: TorchServe) -> None:
+    status = torchserve.model_status()
+    assert status is not None
+    assert status[0]["modelName"] == "fashion-mnist"
+    assert any(w["status"] == "READY" for w in status[0]["workers"])
+    metrics = requests.get(f"{torchserve.metrics_url}/metrics", timeout=10).text
+    assert "ts_inference_requests_total" in metrics
+    # TorchServe writes its logs into the run folder, not ./logs.
+    assert (torchserve.s.run_dir / "logs" / "ts_log.log").is_file()
