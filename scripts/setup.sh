@@ -28,7 +28,7 @@ fi
 # torch first, pinned, so nothing can pull a CUDA build in its place.
 if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null; then
   echo "setup: installing torch==2.13.0"
-  .venv/bin/pip install -q torch==2.13.0
+  .venv/bin/pip install -q torch==2.13.0 2>&1 | grep -v "is ignored" || true
 fi
 echo "setup: installing atelier and pinned dependencies"
 .venv/bin/pip install -q -c constraints.txt -e '.[dev]' 2>&1 | grep -v "is ignored" || true
