@@ -20,6 +20,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# pip, with the machine's notes about absent local index folders filtered out; fails when pip fails.
+pip_install() {
+  local log rc=0
+  log=$(mktemp)
+  .venv/bin/pip install -q "$@" >"$log" 2>&1 || rc=$?
+  grep -v "is ignored" "$log" || true
+  rm -f "$log"
+  return $rc
+}
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($PYTHON --version)"
@@ -28,9 +38,9 @@ fi
 # torch first, pinned, so nothing can pull a CUDA build in its place.
 if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null; then
   echo "setup: installing torch==2.13.0"
-  .venv/bin/pip install -q torch==2.13.0 2>&1 | grep -v "is ignored" || true
+  pip_install torch==2.13.0
 fi
 echo "setup: installing atelier and pinned dependencies"
-.venv/bin/pip install -q -c constraints.txt -e '.[dev]' 2>&1 | grep -v "is ignored" || true
+pip_install -c constraints.txt -e '.[dev]'
 .venv/bin/python -c "import torch, ts, model_archiver; assert torch.__version__.startswith('2.13.0')"
 echo "setup: done"
