@@ -76,3 +76,78 @@ class ServerError(AtelierError):
 
     exit_code = 6
     kind = "server_error"
+
+
+# --- Serving: every bad request is one of these, answered as
+# {"error": {"type": kind, "message": message}} with http_status. Never a 5xx.
+
+
+class RequestError(AtelierError):
+    http_status = 400
+    kind = "bad_request"
+
+
+class EmptyBodyError(RequestError):
+    kind = "empty_body"
+
+
+class MalformedRequestError(RequestError):
+    kind = "malformed_request"
+
+
+class UnsupportedMediaTypeError(RequestError):
+    http_status = 415
+    kind = "unsupported_media_type"
+
+
+class InvalidImageError(RequestError):
+    kind = "invalid_image"
+
+
+class WrongShapeError(RequestError):
+    kind = "wrong_shape"
+
+
+class WrongDatatypeError(RequestError):
+    kind = "wrong_datatype"
+
+
+class ShapeMismatchError(RequestError):
+    kind = "shape_data_mismatch"
+
+
+class InvalidValueError(RequestError):
+    kind = "invalid_value"
+
+
+class TooManyInstancesError(RequestError):
+    kind = "too_many_instances"
+
+
+class UnknownOutputError(RequestError):
+    kind = "unknown_output"
+
+
+class PayloadTooLargeError(RequestError):
+    http_status = 413
+    kind = "payload_too_large"
+
+
+REQUEST_ERRORS: tuple[type[RequestError], ...] = (
+    EmptyBodyError,
+    MalformedRequestError,
+    UnsupportedMediaTypeError,
+    InvalidImageError,
+    WrongShapeError,
+    WrongDatatypeError,
+    ShapeMismatchError,
+    InvalidValueError,
+    TooManyInstancesError,
+    UnknownOutputError,
+    PayloadTooLargeError,
+)
+
+
+def error_body(err: AtelierError) -> dict[str, dict[str, str]]:
+    """The one JSON shape every runtime answers a bad request with."""
+    return {"error": {"type": err.kind, "message": err.message}}

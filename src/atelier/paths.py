@@ -7,6 +7,7 @@ from pathlib import Path
 
 HANDLER_FILE = "handlers/atelier_handler.py"
 CONFIG_TEMPLATE = "model-store/config/config.properties.template"
+METRICS_CONFIG = "model-store/config/metrics.yaml.template"
 
 
 def project_root() -> Path:

@@ -28,8 +28,12 @@ def decode_image(data: bytes) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(f"not a readable image: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(
+            f"not a readable image ({len(data)} bytes; PNG or JPEG expected)"
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"damaged or truncated image: {exc}") from exc
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(str(exc)) from exc
     return img

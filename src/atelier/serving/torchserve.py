@@ -85,6 +85,7 @@ class TorchServe:
             TS_MANAGEMENT_ADDRESS=self.management_url,
             TS_METRICS_ADDRESS=self.metrics_url,
             TS_MODEL_STORE=str(self.s.store / "model-store"),
+            TS_METRICS_CONFIG=str(self.s.store / "config" / "metrics.yaml"),
             OMP_NUM_THREADS=str(self.s.omp_threads),
             # The worker imports the atelier copy shipped in the .mar, not a checkout.
             PYTHONPATH="",
