@@ -164,7 +164,9 @@ def archive_run(
     name: str | None = None,
     handler: Path | None = None,
     template: Path | None = None,
+    serving: ArchiveDefaults | None = None,
 ) -> ArchiveResult:
+    """Archive ``run_dir`` as a new version; ``serving`` overrides the run's serving section."""
     metrics = _check_run(run_dir)
     spec = ModelSpec.from_file(run_dir / MODEL_CONFIG_FILE)
     run_cfg = (
@@ -172,7 +174,7 @@ def archive_run(
         if (run_dir / "config.yaml").is_file()
         else {}
     )
-    serving = ArchiveDefaults.model_validate((run_cfg or {}).get("serving", {}))
+    serving = serving or ArchiveDefaults.model_validate((run_cfg or {}).get("serving", {}))
     name = name or spec.name
     if version is not None and (
         not version or set(version) - VERSION_CHARS or version.startswith(".")

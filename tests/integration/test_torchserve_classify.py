@@ -12,7 +12,7 @@ from atelier.archive import ArchiveResult
 from atelier.data.idx import load_fashion_mnist
 from atelier.inference import Classifier
 from atelier.preprocess import encode_png
-from atelier.serving.torchserve import TorchServe, TorchServeSettings
+from atelier.serving.torchserve import TorchServe
 from atelier.training import RunResult
 
 pytestmark = pytest.mark.integration
@@ -20,20 +20,11 @@ pytestmark = pytest.mark.integration
 N_IMAGES = 200
 
 
-@pytest.fixture(scope="module")
-def torchserve(smoke_store: ArchiveResult, tmp_path_factory: pytest.TempPathFactory):
-    store = smoke_store.version_dir.parent.parent
-    ts = TorchServe(
-        TorchServeSettings(
-            store=store, run_dir=tmp_path_factory.mktemp("ts"), model_name="fashion-mnist"
-        )
-    )
-    with ts:
-        yield ts
-
-
 def test_200_test_images_match_in_process_predictions(
-    torchserve: TorchServe, smoke_run: RunResult, smoke_store: ArchiveResult, fashion_mnist_dir
+    torchserve_server: TorchServe,
+    smoke_run: RunResult,
+    smoke_store: ArchiveResult,
+    fashion_mnist_dir,
 ) -> None:
     data = load_fashion_mnist(fashion_mnist_dir)
     images = data["test_x"][:N_IMAGES]
@@ -43,7 +34,7 @@ def test_200_test_images_match_in_process_predictions(
     # The PNG round trip is lossless: predicting the arrays directly gives the same answer.
     np.testing.assert_allclose(expected, clf.predict_proba(images), atol=1e-6)
     num_classes = expected.shape[1]
-    url = f"{torchserve.inference_url}/predictions/fashion-mnist"
+    url = f"{torchserve_server.inference_url}/predictions/fashion-mnist"
 
     def classify(png: bytes) -> dict:
         r = requests.post(
@@ -74,7 +65,10 @@ def test_200_test_images_match_in_process_predictions(
     assert accuracy >= 0.75
 
 
-def test_readiness_is_the_model_state_and_metrics_are_prometheus(torchserve: TorchServe) -> None:
+def test_readiness_is_the_model_state_and_metrics_are_prometheus(
+    torchserve_server: TorchServe,
+) -> None:
+    torchserve = torchserve_server
     status = torchserve.model_status()
     assert status is not None
     assert status[0]["modelName"] == "fashion-mnist"

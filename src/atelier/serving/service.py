@@ -70,7 +70,13 @@ class InferenceService:
         if item.multipart:
             payload, content_type = pick_upload(payload)
         req = parse_request(
-            payload, self.spec, self.limits, content_type, item.content_length, item.top_k
+            payload,
+            self.spec,
+            self.limits,
+            content_type=content_type,
+            content_length=item.content_length,
+            top_k=item.top_k,
+            request_id=item.request_id,
         )
         if item.expect and req.protocol != item.expect:
             names = {"raw": "an image", "v1": "KServe v1 JSON", "v2": "KServe v2 JSON"}
