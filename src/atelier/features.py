@@ -26,25 +26,25 @@ ALL_FEATURES = IMAGE_FEATURES + PREDICTION_FEATURES
 
 def image_features(batch: np.ndarray) -> dict[str, np.ndarray]:
     """Features of a uint8 (N, C, H, W) batch, each an (N,) float64 array."""
-    x = np.asarray(batch, dtype=np.float64) / 255.0
-    gray = x.mean(axis=1)  # (N, H, W)
+    x = np.asarray(batch, dtype=np.float32)
+    gray = (x[:, 0] if x.shape[1] == 1 else x.mean(axis=1)) * np.float32(1 / 255)  # (N, H, W)
     n, h, w = gray.shape
     flat = gray.reshape(n, -1)
+    col_sums = gray.sum(axis=1)  # (N, W)
+    row_sums = gray.sum(axis=2)  # (N, H)
+    mass = col_sums.sum(axis=1)
+    safe = np.where(mass > 0, mass, 1.0)
+    xs = (np.arange(w, dtype=np.float32) + 0.5) / w
+    ys = (np.arange(h, dtype=np.float32) + 0.5) / h
     gx = np.abs(np.diff(gray, axis=2)).mean(axis=(1, 2))
     gy = np.abs(np.diff(gray, axis=1)).mean(axis=(1, 2))
-    mass = flat.sum(axis=1)
-    safe = np.where(mass > 0, mass, 1.0)
-    ys = (np.arange(h) + 0.5) / h
-    xs = (np.arange(w) + 0.5) / w
-    cx = np.where(mass > 0, (gray.sum(axis=1) * xs).sum(axis=1) / safe, 0.5)
-    cy = np.where(mass > 0, (gray.sum(axis=2) * ys).sum(axis=1) / safe, 0.5)
     return {
-        "brightness": flat.mean(axis=1),
-        "contrast": flat.std(axis=1),
-        "ink_fraction": (flat > 0.1).mean(axis=1),
-        "edge_density": (gx + gy) / 2.0,
-        "center_x": cx,
-        "center_y": cy,
+        "brightness": flat.mean(axis=1, dtype=np.float64),
+        "contrast": flat.std(axis=1, dtype=np.float64),
+        "ink_fraction": (flat > 0.1).mean(axis=1, dtype=np.float64),
+        "edge_density": ((gx + gy) / 2.0).astype(np.float64),
+        "center_x": np.where(mass > 0, (col_sums @ xs) / safe, 0.5).astype(np.float64),
+        "center_y": np.where(mass > 0, (row_sums @ ys) / safe, 0.5).astype(np.float64),
     }
 
 

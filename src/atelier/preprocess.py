@@ -71,7 +71,11 @@ def image_to_array(img: Image.Image, size: int, channels: int) -> np.ndarray:
 
 
 def bytes_to_array(data: bytes, size: int, channels: int) -> np.ndarray:
-    return image_to_array(decode_image(data), size, channels)
+    img = decode_image(data)
+    try:
+        return image_to_array(img, size, channels)
+    except (ValueError, OSError) as exc:
+        raise ImageDecodeError(f"unsupported image ({img.mode}, {img.format}): {exc}") from exc
 
 
 def encode_png(array: np.ndarray) -> bytes:

@@ -74,6 +74,10 @@ def _b64_image(value: Any, where: str, spec: ModelSpec) -> np.ndarray:
         if set(value) != {"b64"} or not isinstance(value["b64"], str):
             raise MalformedRequestError(f'{where}: expected {{"b64": "<base64 image>"}}')
         value = value["b64"]
+    if not isinstance(value, str):
+        raise MalformedRequestError(
+            f"{where}: expected a base64 string, got {type(value).__name__}"
+        )
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -121,6 +125,8 @@ def _pixels(arr: np.ndarray, where: str, spec: ModelSpec, scale: float) -> np.nd
 def _numeric(data: Any, where: str) -> np.ndarray:
     try:
         arr = np.asarray(data, dtype=np.float64)
+    except OverflowError as exc:
+        raise InvalidValueError(f"{where}: a number is too large") from exc
     except (ValueError, TypeError) as exc:
         # Ragged nesting or non-numbers: say which.
         text = str(exc)
@@ -290,6 +296,8 @@ def parse_request(
                 payload = json.loads(raw)
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise MalformedRequestError(f"body is not valid JSON: {exc}") from exc
+            except RecursionError as exc:
+                raise MalformedRequestError("body is nested too deeply") from exc
         elif media.startswith("text/"):
             raise _unsupported(media)
         else:
@@ -307,7 +315,10 @@ def parse_request(
     if "instances" in payload or (
         "inputs" in payload
         and isinstance(payload["inputs"], list)
-        and not any(isinstance(x, dict) and "datatype" in x for x in payload["inputs"])
+        and not any(
+            isinstance(x, dict) and {"name", "shape", "datatype", "data"} & set(x)
+            for x in payload["inputs"]
+        )
     ):
         images = np.stack(_parse_v1(payload, spec, limits))
         return Request("v1", images, request_id or new_request_id(), k)

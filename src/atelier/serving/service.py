@@ -7,6 +7,7 @@ back with the answers so each runtime can put them in its own metrics.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from atelier.serving.protocol import Limits, Request, format_response, parse_req
 from atelier.serving.spool import FeatureSpool, make_records
 
 STEPS = ("preprocess", "inference", "postprocess")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,6 +51,10 @@ class BatchStats:
     seconds: dict[str, float] = field(default_factory=dict)
     images: int = 0
     requests: int = 0
+
+
+def _refused(err: RequestError, item: Item) -> Outcome:
+    return Outcome(err.http_status, error_body(err), item.expect or "unknown", err.kind)
 
 
 class InferenceService:
@@ -93,9 +99,11 @@ class InferenceService:
             try:
                 parsed.append((i, self._parse(item)))
             except RequestError as err:
-                outcomes[i] = Outcome(
-                    err.http_status, error_body(err), item.expect or "unknown", err.kind
-                )
+                outcomes[i] = _refused(err, item)
+            except Exception as exc:  # a parser gap must not fail the other requests of the batch
+                log.exception("request %d of the batch could not be parsed", i)
+                gap = MalformedRequestError(f"request could not be parsed ({type(exc).__name__})")
+                outcomes[i] = _refused(gap, item)
         stats = BatchStats(requests=len(items))
         t1 = time.perf_counter()
         if parsed:
