@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -72,24 +73,52 @@ def archive(
     typer.echo(f"archived {result.name} version {result.version} -> {result.version_dir} (current)")
 
 
+class Runtime(StrEnum):
+    torchserve = "torchserve"
+    kserve = "kserve"
+
+
 @app.command()
 def serve(
     store: Annotated[Path, typer.Option("--store", help="model store root")] = DEFAULT_STORE,
     model: Annotated[
         str | None, typer.Option("--model", help="model name (default: the store's current)")
     ] = None,
+    runtime: Annotated[
+        Runtime,
+        typer.Option(
+            "--runtime",
+            help="torchserve, or kserve (kserve's ModelServer: v1, v2, raw and /metrics "
+            "all on --port)",
+        ),
+    ] = Runtime.torchserve,
     port: Annotated[int, typer.Option("--port", help="inference port", min=1, max=65535)] = 8085,
-    management_port: Annotated[int, typer.Option("--management-port", min=1, max=65535)] = 8081,
-    metrics_port: Annotated[int, typer.Option("--metrics-port", min=1, max=65535)] = 8082,
+    management_port: Annotated[
+        int,
+        typer.Option(
+            "--management-port", min=1, max=65535, help="TorchServe only; kserve: ignored"
+        ),
+    ] = 8081,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            help="TorchServe only; kserve serves /metrics on --port and ignores this",
+        ),
+    ] = 8082,
     run_dir: Annotated[
-        Path, typer.Option("--run-dir", help="TorchServe logs and temp files")
-    ] = Path("runs/torchserve"),
+        Path | None,
+        typer.Option("--run-dir", help="logs and temp files (default: runs/<runtime>)"),
+    ] = None,
 ) -> None:
-    """Run TorchServe on the store in the foreground until SIGTERM or Ctrl-C."""
+    """Run TorchServe or KServe on the store in the foreground until SIGTERM or Ctrl-C."""
     import signal
 
     from atelier.archive import current
     from atelier.errors import ConfigError
+    from atelier.serving.kserve_runtime import KServeRuntime, KServeSettings
     from atelier.serving.torchserve import TorchServe, TorchServeSettings
 
     cur = current(store)
@@ -99,30 +128,50 @@ def serve(
                 f"{store} has no current model", hint="run atelier archive first, or pass --model"
             )
         model = str(cur["name"])
-    ts = TorchServe(
-        TorchServeSettings(
-            store=store,
-            run_dir=run_dir,
-            model_name=model,
-            inference_port=port,
-            management_port=management_port,
-            metrics_port=metrics_port,
+    run_dir = run_dir or Path("runs") / runtime.value
+    server: TorchServe | KServeRuntime
+    if runtime is Runtime.kserve:
+        server = KServeRuntime(
+            KServeSettings(store=store, run_dir=run_dir, model_name=model, http_port=port)
         )
-    )
+        name = "KServe"
+        urls = {
+            "predictions": f"{server.inference_url}/predictions/{model}",
+            "v1": f"{server.inference_url}/v1/models/{model}:predict",
+            "v2": f"{server.inference_url}/v2/models/{model}/infer",
+            "metrics": f"{server.metrics_url}/metrics",
+        }
+    else:
+        server = TorchServe(
+            TorchServeSettings(
+                store=store,
+                run_dir=run_dir,
+                model_name=model,
+                inference_port=port,
+                management_port=management_port,
+                metrics_port=metrics_port,
+            )
+        )
+        name = "TorchServe"
+        urls = {
+            "predictions": f"{server.inference_url}/predictions/{model}",
+            "management": f"{server.management_url}/models/{model}",
+            "metrics": f"{server.metrics_url}/metrics",
+        }
 
     def _stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
     try:
-        with ts:
-            typer.echo(f"ready: {model} version {cur['version'] if cur else '?'}")
-            typer.echo(f"  predictions {ts.inference_url}/predictions/{model}")
-            typer.echo(f"  management  {ts.management_url}/models/{model}")
-            typer.echo(f"  metrics     {ts.metrics_url}/metrics")
-            while ts.proc is not None and ts.proc.poll() is None:
-                ts.proc.wait(timeout=None)
-            raise AtelierError(f"TorchServe exited with {ts.proc.returncode if ts.proc else '?'}")
+        with server:
+            typer.echo(f"ready: {model} version {cur['version'] if cur else '?'} on {name}")
+            for what, url in urls.items():
+                typer.echo(f"  {what:<11} {url}")
+            while server.proc is not None and server.proc.poll() is None:
+                server.proc.wait(timeout=None)
+            code = server.proc.returncode if server.proc else "?"
+            raise AtelierError(f"{name} exited with {code}")
     except KeyboardInterrupt:
         typer.echo("stopped")
 
@@ -160,6 +209,29 @@ def bench_train(
     from atelier.bench import bench_train as run
 
     run(configs, out)
+
+
+@bench_app.command("serve")
+def bench_serve(
+    store: Annotated[
+        Path, typer.Option("--store", help="store to serve (made from the smoke config if empty)")
+    ] = Path("runs/bench-serve/store"),
+    out: Annotated[Path, typer.Option("--out", help="where results go")] = Path("runs/bench-serve"),
+    seconds: Annotated[float, typer.Option("--seconds", min=1.0, help="each wrk run")] = 5.0,
+    concurrency: Annotated[list[int] | None, typer.Option("--concurrency", "-c", min=1)] = None,
+    runtime: Annotated[
+        list[str] | None, typer.Option("--runtime", help="torchserve and/or kserve")
+    ] = None,
+) -> None:
+    """In-process limit against TorchServe and KServe under wrk; prints a table."""
+    from atelier.bench_serve import bench_serve as run
+    from atelier.errors import ConfigError
+
+    runtimes = runtime or ["torchserve", "kserve"]
+    unknown = sorted(set(runtimes) - {"torchserve", "kserve"})
+    if unknown:
+        raise ConfigError(f"--runtime {', '.join(unknown)}: choose torchserve or kserve")
+    run(store, out, seconds, concurrency or [1, 8, 32], runtimes)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from atelier.archive import ArchiveResult
+from atelier.serving.kserve_runtime import KServeRuntime, KServeSettings
 from atelier.serving.torchserve import TorchServe, TorchServeSettings
 
 MODEL = "fashion-mnist"
@@ -39,6 +40,24 @@ def torchserve_server(
     )
     with ts:
         yield ts
+
+
+@pytest.fixture(scope="session")
+def kserve_server(
+    smoke_store: ArchiveResult,
+    tmp_path_factory: pytest.TempPathFactory,
+    spool_dirs: dict[str, Path],
+) -> Iterator[KServeRuntime]:
+    runtime = KServeRuntime(
+        KServeSettings(
+            store=store_root(smoke_store),
+            run_dir=tmp_path_factory.mktemp("kserve"),
+            model_name=MODEL,
+            extra_env={"ATELIER_SPOOL_DIR": str(spool_dirs["kserve"])},
+        )
+    )
+    with runtime:
+        yield runtime
 
 
 @pytest.fixture(scope="session", params=["torchserve", "kserve"])
