@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make demo: smoke training -> archive into the model store -> TorchServe -> classify real
-# test images with curl -> stop. Every step is the real component, on 127.0.0.1.
+# test images with curl over raw, multipart, KServe v1 and v2 -> stop. Every step is the
+# real component, on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -32,13 +33,46 @@ done
 grep -q '^ready' runs/demo-serve.log || { echo "TorchServe did not get ready"; cat runs/demo-serve.log; exit 1; }
 cat runs/demo-serve.log
 
-step "classify Fashion-MNIST test images with curl"
+step "classify Fashion-MNIST test images with curl: raw PNG bodies"
 $BIN/atelier samples --out runs/samples --n 8 >/dev/null
-for f in runs/samples/*.png; do
-  echo "\$ curl -s -H 'Content-Type: image/png' --data-binary @$f http://127.0.0.1:$PORT/predictions/fashion-mnist"
-  curl -s -H "Content-Type: image/png" --data-binary @"$f" "http://127.0.0.1:$PORT/predictions/fashion-mnist" \
-    | $BIN/python -c 'import json,sys; r=json.load(sys.stdin); print("  -> %-12s confidence %.3f  model_version %s" % (r["label"], r["confidence"], r["model_version"]))'
+URL=http://127.0.0.1:$PORT
+show_raw() { $BIN/python -c 'import json,sys; r=json.load(sys.stdin); print("  -> %-12s confidence %.3f  model_version %s" % (r["label"], r["confidence"], r["model_version"]))'; }
+for f in runs/samples/000[0-3]-*.png; do
+  echo "\$ curl -s -H 'Content-Type: image/png' --data-binary @$f $URL/predictions/fashion-mnist"
+  curl -s -H "Content-Type: image/png" --data-binary @"$f" "$URL/predictions/fashion-mnist" | show_raw
 done
+
+step "multipart upload"
+f=$(ls runs/samples/0004-*.png)
+echo "\$ curl -s -F data=@$f $URL/predictions/fashion-mnist"
+curl -s -F data=@"$f" "$URL/predictions/fashion-mnist" | show_raw
+
+step "KServe v1: {\"instances\": [{\"b64\": ...}, ...]}"
+$BIN/python - <<'PY'
+import base64, json, pathlib
+files = sorted(pathlib.Path("runs/samples").glob("000[5-7]-*.png"))
+b64 = [base64.b64encode(f.read_bytes()).decode() for f in files]
+pathlib.Path("runs/samples/v1.json").write_text(json.dumps({"instances": [{"b64": b} for b in b64]}))
+tensor = {"name": "images", "shape": [len(b64)], "datatype": "BYTES", "data": b64}
+pathlib.Path("runs/samples/v2.json").write_text(json.dumps({"id": "demo-1", "inputs": [tensor]}))
+print("  true labels:", ", ".join(f.stem.split("-", 1)[1] for f in files))
+PY
+echo "\$ curl -s -H 'Content-Type: application/json' -d @runs/samples/v1.json $URL/v1/models/fashion-mnist:predict"
+curl -s -H "Content-Type: application/json" -d @runs/samples/v1.json "$URL/v1/models/fashion-mnist:predict" \
+  | $BIN/python -c 'import json,sys; print("  ->", ", ".join(p["label"] for p in json.load(sys.stdin)["predictions"]))'
+
+step "KServe v2 (Open Inference Protocol): a BYTES tensor of encoded images"
+echo "\$ curl -s -H 'Content-Type: application/json' -d @runs/samples/v2.json $URL/v2/models/fashion-mnist/infer"
+curl -s -H "Content-Type: application/json" -d @runs/samples/v2.json "$URL/v2/models/fashion-mnist/infer" \
+  | $BIN/python -c 'import json,sys; r=json.load(sys.stdin); o={x["name"]: x for x in r["outputs"]}; print("  -> id", r["id"], "labels", o["label"]["data"], "probabilities", o["probabilities"]["shape"])'
+
+step "a bad request gets a 4xx with a typed error, and the server keeps serving"
+echo "\$ curl -s -H 'Content-Type: image/png' --data-binary 'not an image' $URL/predictions/fashion-mnist"
+curl -s -w '  (HTTP %{http_code})\n' -H "Content-Type: image/png" --data-binary 'not an image' "$URL/predictions/fashion-mnist"
+curl -s -H "Content-Type: image/png" --data-binary @runs/samples/0000-Ankle-boot.png "$URL/predictions/fashion-mnist" | show_raw
+
+step "the handler's metrics on http://127.0.0.1:$METRICS_PORT/metrics"
+curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep -E '^atelier_(requests|errors)_total' | sed 's/^/  /'
 
 step "stop TorchServe (pid $SERVE_PID)"
 kill -TERM $SERVE_PID

@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 import atelier
-from atelier.config import ArchiveDefaults
-from atelier.errors import ArchiveError, VersionExistsError
+from atelier.config import ArchiveDefaults, parse_override
+from atelier.errors import ArchiveError, ConfigError, VersionExistsError
 from atelier.features import FEATURE_SCHEMA_VERSION
 from atelier.inference import MODEL_CONFIG_FILE, WEIGHTS_FILE, ModelSpec
 from atelier.paths import CONFIG_TEMPLATE, HANDLER_FILE, METRICS_CONFIG, project_file
@@ -53,6 +54,28 @@ class ArchiveResult:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def serving_settings(run_dir: Path, overrides: list[str]) -> ArchiveDefaults | None:
+    """The run's serving section with ``key=value`` overrides; None when there are none."""
+    if not overrides:
+        return None
+    raw: dict[str, Any] = {}
+    cfg_file = run_dir / "config.yaml"
+    if cfg_file.is_file():
+        raw = dict((yaml.safe_load(cfg_file.read_text()) or {}).get("serving", {}))
+    for item in overrides:
+        parts, value = parse_override(item)
+        if len(parts) != 1:
+            raise ConfigError(f"--serving {item!r}: use key=value, e.g. batch_size=16")
+        raw[parts[0]] = value
+    try:
+        return ArchiveDefaults.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "serving"
+        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        raise ConfigError(f"--serving {key}: {msg}") from exc
 
 
 def _check_run(run_dir: Path) -> dict[str, Any]:

@@ -132,7 +132,7 @@ def run_wrk(
         "wrk",
         "-t1",
         f"-c{connections}",
-        f"-d{seconds:g}s",
+        f"-d{max(1, round(seconds))}s",
         "--timeout",
         "10s",
         "-s",
@@ -228,44 +228,44 @@ def bench_serve(
     limits = {"raw": limit["single_img_per_s"], "v2": limit["batch32_img_per_s"]}
     server_spool: dict[str, float] = {}
     for runtime in runtimes:
-        for spool_on in (True, False):
-            server = _start(
-                runtime,
-                store,
-                name,
-                work / f"{runtime}-{spool_on}",
-                work / f"spool-{runtime}" if spool_on else None,
-            )
-            with server:
-                for protocol in ("raw", "v2") if spool_on else ("raw",):
-                    body, ctype, n_img = bodies[protocol]
-                    url = server.inference_url + paths[protocol]
-                    run_wrk(url, body, ctype, 4, 1.0, script)  # warm-up
-                    levels = concurrency if spool_on else [8]
-                    for c in levels:
-                        r = run_wrk(url, body, ctype, c, seconds, script)
-                        if spool_on:
-                            rows.append(
-                                Row(
-                                    runtime,
-                                    protocol,
-                                    n_img,
-                                    c,
-                                    r["req_per_s"],
-                                    r["req_per_s"] * n_img,
-                                    r["p50_ms"],
-                                    r["p99_ms"],
-                                    int(r["non_2xx"]),
-                                    limits[protocol],
-                                )
-                            )
-                        if protocol == "raw" and c == 8:
-                            server_spool[f"{runtime}_{'on' if spool_on else 'off'}_p50_ms"] = r[
-                                "p50_ms"
-                            ]
-                            server_spool[f"{runtime}_{'on' if spool_on else 'off'}_req_per_s"] = r[
-                                "req_per_s"
-                            ]
+        with _start(runtime, store, name, work / runtime, work / f"spool-{runtime}") as server:
+            for protocol in ("raw", "v2"):
+                body, ctype, n_img = bodies[protocol]
+                url = server.inference_url + paths[protocol]
+                run_wrk(url, body, ctype, 4, 1.0, script)  # warm-up
+                for c in concurrency:
+                    r = run_wrk(url, body, ctype, c, seconds, script)
+                    rows.append(
+                        Row(
+                            runtime,
+                            protocol,
+                            n_img,
+                            c,
+                            r["req_per_s"],
+                            r["req_per_s"] * n_img,
+                            r["p50_ms"],
+                            r["p99_ms"],
+                            int(r["non_2xx"]),
+                            limits[protocol],
+                        )
+                    )
+            # The spool's cost, side by side: a second server without the spool, both up,
+            # driven in turn (raw, 8 connections) so machine noise hits both alike.
+            with _start(runtime, store, name, work / f"{runtime}-nospool", None) as bare:
+                body, ctype, _ = bodies["raw"]
+                on: list[dict[str, float]] = []
+                off: list[dict[str, float]] = []
+                for _ in range(3):
+                    for target, sink in ((bare, off), (server, on)):
+                        url = target.inference_url + paths["raw"]
+                        sink.append(run_wrk(url, body, ctype, 8, max(2.0, seconds / 2), script))
+                for key, runs in (("on", on), ("off", off)):
+                    server_spool[f"{runtime}_{key}_p50_ms"] = float(
+                        np.median([r["p50_ms"] for r in runs])
+                    )
+                    server_spool[f"{runtime}_{key}_req_per_s"] = float(
+                        np.median([r["req_per_s"] for r in runs])
+                    )
     _print(rows, limit, server_spool)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (out / f"bench-serve-{stamp}.json").write_text(

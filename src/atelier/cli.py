@@ -65,11 +65,17 @@ def archive(
     name: Annotated[
         str | None, typer.Option("--name", help="model name (default: the run's)")
     ] = None,
+    serving: Annotated[
+        list[str] | None,
+        typer.Option("--serving", help="override the run's serving section: key=value"),
+    ] = None,
 ) -> None:
     """Build a versioned .mar from a run into the model store and make it current."""
-    from atelier.archive import archive_run
+    from atelier.archive import archive_run, serving_settings
 
-    result = archive_run(run_dir, store, version=version, name=name)
+    result = archive_run(
+        run_dir, store, version=version, name=name, serving=serving_settings(run_dir, serving or [])
+    )
     typer.echo(f"archived {result.name} version {result.version} -> {result.version_dir} (current)")
 
 

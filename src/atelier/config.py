@@ -81,9 +81,9 @@ class ArchiveDefaults(_Strict):
     """How the model is served; rendered into config.properties by `atelier archive`."""
 
     batch_size: int = Field(8, ge=1, le=512)
-    max_batch_delay_ms: int = Field(5, ge=0, le=10_000)
-    min_workers: int = Field(1, ge=1, le=64)
-    max_workers: int = Field(1, ge=1, le=64)
+    max_batch_delay_ms: int = Field(2, ge=0, le=10_000)
+    min_workers: int = Field(2, ge=1, le=64)
+    max_workers: int = Field(2, ge=1, le=64)
     response_timeout_s: int = Field(60, ge=1, le=3600)
 
     @model_validator(mode="after")

@@ -30,9 +30,9 @@ MODEL = "fashion-mnist"
 def batching_server(
     smoke_run: RunResult, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TorchServe]:
-    """batchSize 8 with a 5 s batch delay: eight concurrent requests form one batch."""
+    """One worker, batchSize 8, a 5 s batch delay: eight concurrent requests form one batch."""
     store = tmp_path_factory.mktemp("batch-store")
-    serving = ArchiveDefaults(batch_size=8, max_batch_delay_ms=5000)
+    serving = ArchiveDefaults(batch_size=8, max_batch_delay_ms=5000, min_workers=1, max_workers=1)
     archive_run(smoke_run.run_dir, store, serving=serving)
     run = tmp_path_factory.mktemp("batch-ts")
     env = {"ATELIER_SPOOL_DIR": str(run / "spool")}

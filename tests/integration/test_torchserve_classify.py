@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import psutil
 import pytest
 import requests
 
@@ -77,3 +78,22 @@ def test_readiness_is_the_model_state_and_metrics_are_prometheus(
     assert "ts_inference_requests_total" in metrics
     # TorchServe writes its logs into the run folder, not ./logs.
     assert (torchserve.s.run_dir / "logs" / "ts_log.log").is_file()
+
+
+def test_every_torchserve_socket_listens_on_loopback_only(torchserve_server: TorchServe) -> None:
+    """Inference, management, metrics and both gRPC servers bind 127.0.0.1, on the ports
+    the launcher picked, so two servers on one machine never collide."""
+    assert torchserve_server.proc is not None
+    procs = [psutil.Process(torchserve_server.proc.pid)]
+    procs += procs[0].children(recursive=True)
+    listening = {
+        (c.laddr.ip, c.laddr.port)
+        for p in procs
+        for c in p.connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    }
+    s = torchserve_server.s
+    expected = {s.inference_port, s.management_port, s.metrics_port, s.grpc_inference_port,
+                s.grpc_management_port}  # fmt: skip
+    assert {port for _, port in listening} == expected
+    assert {ip.removeprefix("::ffff:") for ip, _ in listening} == {"127.0.0.1"}

@@ -44,7 +44,8 @@ def test_layout_model_card_and_config(smoke_run: RunResult, tmp_path: Path) -> N
     snapshot = json.loads(props.split("model_snapshot=", 1)[1].splitlines()[0])
     model = snapshot["models"]["fashion-mnist"]["1"]
     assert model["marName"] == "fashion-mnist.mar"
-    assert model["batchSize"] == 8 and model["maxBatchDelay"] == 5
+    assert model["batchSize"] == 8 and model["maxBatchDelay"] == 2
+    assert model["minWorkers"] == model["maxWorkers"] == 2
 
     with zipfile.ZipFile(result.mar_path) as mar:
         names = set(mar.namelist())

@@ -40,6 +40,9 @@ class TorchServeSettings:
     inference_port: int = field(default_factory=free_port)
     management_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
+    # TorchServe always starts its gRPC servers; free ports keep two servers apart.
+    grpc_inference_port: int = field(default_factory=free_port)
+    grpc_management_port: int = field(default_factory=free_port)
     ready_timeout_s: float = 120.0
     omp_threads: int = 1
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -84,6 +87,10 @@ class TorchServe:
             TS_INFERENCE_ADDRESS=self.inference_url,
             TS_MANAGEMENT_ADDRESS=self.management_url,
             TS_METRICS_ADDRESS=self.metrics_url,
+            TS_GRPC_INFERENCE_ADDRESS=self.s.host,
+            TS_GRPC_MANAGEMENT_ADDRESS=self.s.host,
+            TS_GRPC_INFERENCE_PORT=str(self.s.grpc_inference_port),
+            TS_GRPC_MANAGEMENT_PORT=str(self.s.grpc_management_port),
             TS_MODEL_STORE=str(self.s.store / "model-store"),
             TS_METRICS_CONFIG=str(self.s.store / "config" / "metrics.yaml"),
             OMP_NUM_THREADS=str(self.s.omp_threads),
