@@ -34,6 +34,7 @@ format: setup
 
 bench: setup
 	$(BIN)/atelier bench train
+	$(BIN)/atelier bench serve
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

@@ -421,7 +421,7 @@ def test_metrics_have_the_atelier_series(
 
     assert delta("atelier_requests_total", protocol="raw", code="200") == 1
     assert delta("atelier_requests_total", protocol="v2", code="200") == 1
-    assert delta("atelier_requests_total", protocol="unknown", code="400") == 1
+    assert delta("atelier_requests_total", protocol="raw", code="400") == 1
     assert delta("atelier_errors_total", type="invalid_image") == 1
     for step in ("preprocess", "inference", "postprocess"):
         assert delta(f"atelier_{step}_seconds_count") == 3

@@ -53,8 +53,23 @@ class BatchStats:
     requests: int = 0
 
 
+def _guess_protocol(item: Item) -> str:
+    """Label a refused request for the metrics: the route's protocol, else the body's look."""
+    if item.expect:
+        return item.expect
+    payload = item.payload
+    if item.multipart:
+        return "raw"
+    if isinstance(payload, dict):
+        return "v1" if "instances" in payload else "v2" if "inputs" in payload else "unknown"
+    media = (item.content_type or "").split(";")[0].strip().lower()
+    if isinstance(payload, bytes | bytearray) and media != "application/json":
+        return "raw" if bytes(payload[:1]) not in (b"{", b"[") else "unknown"
+    return "unknown"
+
+
 def _refused(err: RequestError, item: Item) -> Outcome:
-    return Outcome(err.http_status, error_body(err), item.expect or "unknown", err.kind)
+    return Outcome(err.http_status, error_body(err), _guess_protocol(item), err.kind)
 
 
 class InferenceService:

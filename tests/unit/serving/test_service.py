@@ -109,7 +109,7 @@ def mixed(
 def test_statuses_and_protocols(mixed: tuple[list[Outcome], BatchStats, Any]) -> None:
     outcomes, _, _ = mixed
     assert [o.status for o in outcomes] == [200, 200, 200, 400, 200, 400]
-    assert [o.protocol for o in outcomes] == ["raw", "v1", "v2", "unknown", "raw", "v1"]
+    assert [o.protocol for o in outcomes] == ["raw", "v1", "v2", "raw", "raw", "v1"]
     assert [o.error for o in outcomes] == [
         None,
         None,
@@ -242,7 +242,7 @@ def test_only_bad_items_forward_nothing(classifier: Classifier, tmp_path: Path) 
         "unsupported_media_type",
         "malformed_request",
     ]
-    assert [o.protocol for o in outcomes] == ["unknown", "v1", "unknown", "unknown"]
+    assert [o.protocol for o in outcomes] == ["raw", "v1", "raw", "raw"]
     assert read_spool(spool) == []
 
 
