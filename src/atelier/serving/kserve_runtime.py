@@ -41,15 +41,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 
 from atelier.errors import AtelierError, ConfigError, MalformedRequestError, ServerError
+from atelier.serving.process import ServerProcess
 from atelier.serving.torchserve import free_port
 
 if TYPE_CHECKING:
@@ -100,12 +98,15 @@ class KServeSettings:
         self.run_dir = self.run_dir.resolve()
 
 
-class KServeRuntime:
+class KServeRuntime(ServerProcess):
     """The KServe runtime in its own process group; use as a context manager."""
 
+    label = "the KServe runtime"
+    log_file = LOG_FILE
+
     def __init__(self, settings: KServeSettings) -> None:
+        super().__init__(settings.run_dir, settings.model_name, settings.ready_timeout_s)
         self.s = settings
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def inference_url(self) -> str:
@@ -115,10 +116,6 @@ class KServeRuntime:
     def metrics_url(self) -> str:
         """KServe serves /metrics on its HTTP port."""
         return self.inference_url
-
-    @property
-    def log_path(self) -> Path:
-        return self.s.run_dir / LOG_FILE
 
     def command(self) -> list[str]:
         return [
@@ -137,7 +134,7 @@ class KServeRuntime:
             str(self.s.run_dir / "tmp"),
         ]
 
-    def _env(self) -> dict[str, str]:
+    def environment(self) -> dict[str, str]:
         tmp = self.s.run_dir / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
@@ -149,21 +146,10 @@ class KServeRuntime:
         env.update(self.s.extra_env)
         return env
 
-    def start(self) -> KServeRuntime:
+    def check_can_start(self) -> None:
         mar = self.s.store / "model-store" / f"{self.s.model_name}.mar"
         if not mar.is_file():
             raise ServerError(f"{mar} does not exist", hint="run atelier archive first")
-        self.s.run_dir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.command(),
-                env=self._env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=self.s.run_dir,
-            )
-        return self
 
     def is_ready(self) -> bool:
         try:
@@ -171,55 +157,6 @@ class KServeRuntime:
         except requests.RequestException:
             return False
         return r.status_code == 200
-
-    def wait_ready(self) -> KServeRuntime:
-        deadline = time.monotonic() + self.s.ready_timeout_s
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise ServerError(
-                    f"the KServe runtime exited with {self.proc.returncode}; see {self.log_tail()}"
-                )
-            if self.is_ready():
-                return self
-            time.sleep(0.3)
-        raise ServerError(
-            f"model {self.s.model_name} not ready after {self.s.ready_timeout_s:.0f}s; "
-            f"see {self.log_tail()}"
-        )
-
-    def log_tail(self) -> str:
-        path = self.log_path
-        return (
-            f"{path}: " + " | ".join(path.read_text(errors="replace").splitlines()[-5:])
-            if path.exists()
-            else str(path)
-        )
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        pgid = self.proc.pid  # start_new_session: the group id is the server's pid
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
-        except ProcessLookupError:
-            pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-
-    def __enter__(self) -> KServeRuntime:
-        self.start()
-        try:
-            return self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def describe(self) -> str:
         return json.dumps({"inference": self.inference_url, "metrics": self.metrics_url})

@@ -7,15 +7,11 @@ Healthy before the model is loaded.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +19,7 @@ from typing import Any
 import requests
 
 from atelier.errors import ServerError
+from atelier.serving.process import ServerProcess
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -53,12 +50,16 @@ class TorchServeSettings:
         self.run_dir = self.run_dir.resolve()
 
 
-class TorchServe:
+class TorchServe(ServerProcess):
     """A TorchServe process in its own process group; use as a context manager."""
 
+    label = "TorchServe"
+    log_file = "torchserve.out"
+    poll_interval_s = 0.5
+
     def __init__(self, settings: TorchServeSettings) -> None:
+        super().__init__(settings.run_dir, settings.model_name, settings.ready_timeout_s)
         self.s = settings
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def inference_url(self) -> str:
@@ -72,7 +73,7 @@ class TorchServe:
     def metrics_url(self) -> str:
         return f"http://{self.s.host}:{self.s.metrics_port}"
 
-    def _env(self) -> dict[str, str]:
+    def environment(self) -> dict[str, str]:
         run = self.s.run_dir
         env = dict(os.environ)
         for var, sub in (
@@ -119,7 +120,7 @@ class TorchServe:
             str(self.s.store / "config" / "config.properties"),
         ]
 
-    def start(self) -> TorchServe:
+    def check_can_start(self) -> None:
         if shutil.which("java") is None:
             raise ServerError(
                 "java is not on PATH; TorchServe needs Java 17", hint="run make setup"
@@ -127,17 +128,6 @@ class TorchServe:
         config = self.s.store / "config" / "config.properties"
         if not config.is_file():
             raise ServerError(f"{config} does not exist", hint="run atelier archive first")
-        self.s.run_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.s.run_dir / "torchserve.out").open("ab")
-        self.proc = subprocess.Popen(
-            self.command(),
-            env=self._env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=self.s.run_dir,
-        )
-        return self
 
     def model_status(self) -> list[dict[str, Any]] | None:
         try:
@@ -155,56 +145,6 @@ class TorchServe:
             return False
         workers = status[0].get("workers", [])
         return any(w.get("status") == "READY" for w in workers)
-
-    def wait_ready(self) -> TorchServe:
-        deadline = time.monotonic() + self.s.ready_timeout_s
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise ServerError(
-                    f"TorchServe exited with {self.proc.returncode}; see {self.log_tail()}"
-                )
-            if self.is_ready():
-                return self
-            time.sleep(0.5)
-        raise ServerError(
-            f"model {self.s.model_name} not ready after {self.s.ready_timeout_s:.0f}s; "
-            f"see {self.log_tail()}"
-        )
-
-    def log_tail(self) -> str:
-        path = self.s.run_dir / "torchserve.out"
-        return (
-            f"{path}: " + " | ".join(path.read_text(errors="replace").splitlines()[-5:])
-            if path.exists()
-            else str(path)
-        )
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        pgid = self.proc.pid  # start_new_session: the group id is the launcher's pid
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
-        except ProcessLookupError:
-            pass
-        # Java and the Python workers share the group; make sure none outlives the launcher.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-
-    def __enter__(self) -> TorchServe:
-        self.start()
-        try:
-            return self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def describe(self) -> str:
         return json.dumps(
