@@ -182,6 +182,17 @@ def serve(
         typer.echo("stopped")
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def drift(ctx: typer.Context) -> None:
+    """Run the drift sidecar (flags: atelier drift --help)."""
+    from atelier.drift.server import main as drift_main
+
+    drift_main(list(ctx.args))
+
+
 @app.command()
 def samples(
     out: Annotated[Path, typer.Option("--out", help="folder for the PNG files")] = Path(

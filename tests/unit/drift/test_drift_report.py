@@ -1,0 +1,218 @@
+"""atelier.drift.report: Evidently with pinned methods, our own graded statistics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from atelier.drift.report import (
+    EVIDENTLY_KS,
+    SEVERITY_LEVEL,
+    DriftInputError,
+    DriftMethods,
+    NotEnoughDataError,
+    class_distribution,
+    confidence_zscore,
+    grade,
+    max_severity,
+    run_drift,
+)
+from atelier.features import ALL_FEATURES
+
+pytestmark = pytest.mark.unit
+
+
+def synth(
+    n: int,
+    seed: int,
+    *,
+    brightness_shift: float = 0.0,
+    confidence_drop: float = 0.0,
+    class_probs: list[float] | None = None,
+) -> pd.DataFrame:
+    """Feature rows shaped like Fashion-MNIST's: correlated image statistics, a confident
+    classifier. Brightness drives contrast, ink and edges, as it does on real images."""
+    rng = np.random.default_rng(seed)
+    brightness = np.clip(rng.beta(2.0, 5.0, n) + brightness_shift, 0.0, 1.0)
+    contrast = np.clip(0.15 + 0.6 * brightness + rng.normal(0, 0.03, n), 0.0, 1.0)
+    ink = np.clip(0.2 + 1.1 * brightness + rng.normal(0, 0.05, n), 0.0, 1.0)
+    edges = np.clip(0.05 + 0.2 * brightness + rng.normal(0, 0.01, n), 0.0, 1.0)
+    probs = class_probs if class_probs is not None else [0.1] * 10
+    predicted = rng.choice(10, size=n, p=probs)
+    confidence = np.clip(rng.beta(8.0, 1.5, n) - confidence_drop, 0.11, 1.0)
+    rest = (1.0 - confidence) / 9.0
+    entropy = -(confidence * np.log(confidence) + 9.0 * rest * np.log(np.clip(rest, 1e-12, 1)))
+    return pd.DataFrame(
+        {
+            "brightness": brightness,
+            "contrast": contrast,
+            "ink_fraction": ink,
+            "edge_density": edges,
+            "center_x": np.clip(rng.normal(0.5, 0.03, n), 0, 1),
+            "center_y": np.clip(rng.normal(0.5, 0.04, n), 0, 1),
+            "predicted_class": predicted.astype(np.float64),
+            "confidence": confidence,
+            "entropy": entropy,
+            "label": predicted,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def reference() -> pd.DataFrame:
+    return synth(3000, seed=1)
+
+
+def test_same_distribution_is_ok() -> None:
+    sample = synth(4000, seed=7)
+    ref, cur = sample.iloc[:2000], sample.iloc[2000:]
+    result = run_drift(ref, cur, DriftMethods(), with_html=False)
+    assert not result.dataset_drift
+    assert result.severity == "ok"
+    assert result.drifted_count < len(ALL_FEATURES) / 2
+    assert result.drift_share == pytest.approx(result.drifted_count / len(ALL_FEATURES))
+    assert set(result.per_feature) == set(ALL_FEATURES)
+    assert result.rows_reference == 2000 and result.rows_current == 2000
+    assert result.html is None
+    assert abs(result.confidence_z) < 3.0
+    assert result.class_js < 0.1
+
+
+def test_shift_drifts_and_confidence_drop_is_critical(reference: pd.DataFrame) -> None:
+    current = synth(2000, seed=2, brightness_shift=0.3, confidence_drop=0.15)
+    result = run_drift(reference, current, DriftMethods(), with_html=True)
+    drifted = {name for name, fd in result.per_feature.items() if fd.drifted}
+    assert {"brightness", "contrast", "ink_fraction", "edge_density", "confidence"} <= drifted
+    assert "center_x" not in drifted
+    assert result.dataset_drift
+    assert result.confidence_z < -6.0
+    assert result.confidence_severity == "critical"
+    assert result.severity == "critical"
+    assert result.per_feature["brightness"].method == "ks"
+    assert result.per_feature["brightness"].score < 0.05
+    # The HTML and the snapshot are Evidently's; the snapshot is strict JSON.
+    assert result.html is not None and "<html" in result.html.lower()
+    json.dumps(result.evidently_json, allow_nan=False)
+    json.dumps(result.summary(), allow_nan=False)
+
+
+def test_dataset_drift_alone_is_a_warning(reference: pd.DataFrame) -> None:
+    current = synth(2000, seed=3, brightness_shift=0.3)  # 4 of 9 columns drift
+    assert not run_drift(reference, current, DriftMethods(), with_html=False).dataset_drift
+    methods = DriftMethods(drift_share_threshold=0.4)
+    result = run_drift(reference, current, methods, with_html=False)
+    assert result.drifted_count == 4
+    assert result.dataset_drift
+    assert result.confidence_severity == "ok" and result.class_severity == "ok"
+    assert result.severity == "warning"
+
+
+def test_class_mix_change_is_graded(reference: pd.DataFrame) -> None:
+    probs = [0.3, 0.3, 0.3] + [0.1 / 7] * 7
+    current = synth(2000, seed=4, class_probs=probs)
+    result = run_drift(reference, current, DriftMethods(), with_html=False)
+    assert result.per_feature["predicted_class"].drifted
+    assert result.per_feature["predicted_class"].method == "jensenshannon"
+    assert result.class_js >= 0.2
+    assert result.class_severity == "critical"
+    assert result.severity == "critical"
+    assert sum(result.class_share_current) == pytest.approx(1.0)
+    assert result.class_share_current[0] > 0.25
+
+
+def test_methods_are_pinned_never_chi_square(reference: pd.DataFrame) -> None:
+    current = synth(500, seed=5)
+    result = run_drift(reference, current, DriftMethods(), with_html=False)
+    methods = {
+        m["config"]["column"]: m["config"]["method"]
+        for m in result.evidently_json["metrics"]
+        if m["config"]["type"].endswith(":ValueDrift")
+    }
+    assert methods["predicted_class"] == "jensenshannon"
+    assert {methods[c] for c in ALL_FEATURES if c != "predicted_class"} == {EVIDENTLY_KS}
+    assert "chisquare" not in json.dumps(result.evidently_json)
+
+
+def test_wasserstein_and_psi_paths(reference: pd.DataFrame) -> None:
+    methods = DriftMethods(numeric_method="wasserstein", class_method="psi")
+    assert methods.numeric_threshold == 0.1 and methods.class_threshold == 0.2
+    probs = [0.3, 0.3, 0.3] + [0.1 / 7] * 7
+    current = synth(2000, seed=6, brightness_shift=0.3, class_probs=probs)
+    result = run_drift(reference, current, methods, with_html=False)
+    bright = result.per_feature["brightness"]
+    assert (bright.method, bright.threshold, bright.drifted) == ("wasserstein", 0.1, True)
+    assert bright.score >= 0.1  # a distance: drift when >= threshold
+    klass = result.per_feature["predicted_class"]
+    assert (klass.method, klass.drifted) == ("psi", True)
+    assert not result.per_feature["center_y"].drifted
+    configs = [m["config"] for m in result.evidently_json["metrics"]]
+    assert {"wasserstein", "psi"} <= {c.get("method") for c in configs}
+
+
+def test_not_enough_data_is_refused(reference: pd.DataFrame) -> None:
+    with pytest.raises(NotEnoughDataError) as info:
+        run_drift(reference, synth(29, seed=8), DriftMethods())
+    assert info.value.kind == "not_enough_data" and info.value.http_status == 409
+    with pytest.raises(NotEnoughDataError):
+        run_drift(reference, synth(60, seed=8), DriftMethods(), min_rows=100)
+    with pytest.raises(NotEnoughDataError):
+        run_drift(reference.iloc[:10], synth(60, seed=8), DriftMethods())
+    with pytest.raises(NotEnoughDataError):
+        run_drift(reference, reference.iloc[:0], DriftMethods())
+
+
+def test_missing_column_is_refused(reference: pd.DataFrame) -> None:
+    with pytest.raises(DriftInputError, match="entropy"):
+        run_drift(reference, synth(100, seed=9).drop(columns=["entropy"]), DriftMethods())
+
+
+def test_drift_methods_defaults_and_validation() -> None:
+    default = DriftMethods()
+    assert (default.numeric_method, default.numeric_threshold) == ("ks", 0.05)
+    assert (default.class_method, default.class_threshold) == ("jensenshannon", 0.1)
+    assert default.drift_share_threshold == 0.5
+    assert (
+        DriftMethods(numeric_method="wasserstein", numeric_threshold=0.3).numeric_threshold == 0.3
+    )
+    assert DriftMethods.model_validate({"class_method": "psi"}).class_threshold == 0.2
+    with pytest.raises(ValidationError):
+        DriftMethods(numeric_method="chisquare")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        DriftMethods(unknown=1)  # type: ignore[call-arg]
+    with pytest.raises(ValidationError):
+        DriftMethods(confidence_z_warning=5.0, confidence_z_critical=4.0)
+
+
+def test_confidence_zscore() -> None:
+    ref = [0.8, 0.9, 1.0, 0.9, 0.8, 1.0]  # mean 0.9, std (ddof=1) ~0.0894
+    cur = [0.8] * 16
+    z = confidence_zscore(ref, cur)
+    assert z == pytest.approx((0.8 - 0.9) / (np.std(ref, ddof=1) / 4.0))
+    assert confidence_zscore([0.9] * 5, [0.9] * 5) == 0.0
+    assert confidence_zscore([0.9] * 5, [0.8] * 5) == float("-inf")
+    assert confidence_zscore([], [0.8]) == 0.0
+
+
+def test_class_distribution() -> None:
+    js, ref_share, cur_share = class_distribution([0, 1, 2, 3], [3, 2, 1, 0], 4)
+    assert js == pytest.approx(0.0)
+    assert ref_share == cur_share == [0.25] * 4
+    js, _, cur_share = class_distribution([0, 0], [1, 1, 99], 2)
+    assert js == pytest.approx(1.0)  # base 2: disjoint mixes are at distance 1
+    assert cur_share == [0.0, 1.0]
+    with pytest.raises(ValueError):
+        class_distribution([], [1], 2)
+
+
+def test_grade_and_severity() -> None:
+    assert grade(2.9, 3.0, 6.0) == "ok"
+    assert grade(-3.0, 3.0, 6.0) == "warning"
+    assert grade(-7.0, 3.0, 6.0) == "critical"
+    assert grade(float("-inf"), 3.0, 6.0) == "critical"
+    assert max_severity("ok", "critical", "warning") == "critical"
+    assert max_severity() == "ok"
+    assert SEVERITY_LEVEL == {"ok": 0, "warning": 1, "critical": 2}
