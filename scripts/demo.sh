@@ -8,6 +8,8 @@ BIN=.venv/bin
 PORT=${ATELIER_PORT:-8085}
 MGMT_PORT=${ATELIER_MANAGEMENT_PORT:-8081}
 METRICS_PORT=${ATELIER_METRICS_PORT:-8082}
+DRIFT_PORT=${ATELIER_DRIFT_PORT:-8095}
+SPOOL="$PWD/runs/demo-spool"  # absolute: TorchServe runs in its own folder
 RUN=runs/demo-smoke
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -20,11 +22,18 @@ step "archive it as a new version in model-store/"
 $BIN/atelier archive "$RUN" --store model-store
 cat model-store/CURRENT.json; echo
 
-step "start TorchServe on 127.0.0.1:$PORT"
-$BIN/atelier serve --store model-store --port "$PORT" --management-port "$MGMT_PORT" \
+step "start TorchServe on 127.0.0.1:$PORT (feature spool: $SPOOL)"
+rm -rf "$SPOOL" runs/demo-drift
+mkdir -p "$SPOOL"
+ATELIER_SPOOL_DIR="$SPOOL" $BIN/atelier serve --store model-store --port "$PORT" --management-port "$MGMT_PORT" \
   --metrics-port "$METRICS_PORT" --run-dir runs/demo-torchserve > runs/demo-serve.log 2>&1 &
 SERVE_PID=$!
-trap 'kill -TERM $SERVE_PID 2>/dev/null || true; wait $SERVE_PID 2>/dev/null || true' EXIT
+DRIFT_PID=""
+cleanup() {
+  [ -n "$DRIFT_PID" ] && kill -TERM "$DRIFT_PID" 2>/dev/null && wait "$DRIFT_PID" 2>/dev/null
+  kill -TERM $SERVE_PID 2>/dev/null || true; wait $SERVE_PID 2>/dev/null || true
+}
+trap cleanup EXIT
 for _ in $(seq 1 240); do
   if grep -q '^ready' runs/demo-serve.log 2>/dev/null; then break; fi
   if ! kill -0 $SERVE_PID 2>/dev/null; then cat runs/demo-serve.log; exit 1; fi
@@ -73,6 +82,57 @@ curl -s -H "Content-Type: image/png" --data-binary @runs/samples/0000-Ankle-boot
 
 step "the handler's metrics on http://127.0.0.1:$METRICS_PORT/metrics"
 curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep -E '^atelier_(requests|errors)_total' | sed 's/^/  /'
+
+step "start the drift sidecar on 127.0.0.1:$DRIFT_PORT, reading $SPOOL"
+$BIN/atelier drift --spool-dir "$SPOOL" --store model-store --state-dir runs/demo-drift/state \
+  --reports-dir runs/demo-drift/reports --port "$DRIFT_PORT" --report-every-records 500 \
+  --report-every-seconds 2 > runs/demo-drift.log 2>&1 &
+DRIFT_PID=$!
+for _ in $(seq 1 120); do
+  curl -sf "http://127.0.0.1:$DRIFT_PORT/readyz" >/dev/null && break
+  kill -0 $DRIFT_PID 2>/dev/null || { cat runs/demo-drift.log; exit 1; }
+  sleep 0.5
+done
+curl -s "http://127.0.0.1:$DRIFT_PORT/readyz"; echo
+
+drift_gauges() {
+  $BIN/python - "$DRIFT_PORT" "$1" "$2" <<'PY'
+import json, sys, time, urllib.request
+port, want, drift = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "drift"
+base = f"http://127.0.0.1:{port}"
+get = lambda path: urllib.request.urlopen(base + path, timeout=10).read().decode()
+deadline = time.time() + 120
+while time.time() < deadline:
+    status = json.loads(get("/reports"))["status"].get("last_1000", {})
+    d = status.get("detail", {})
+    if d.get("rows", 0) >= want and d.get("dataset_drift") is drift:
+        break
+    time.sleep(1)
+for line in get("/metrics").splitlines():
+    if line.startswith(("atelier_drift_records_ingested_total", "atelier_drift_share{", "atelier_drift_severity{",
+                        "atelier_drift_confidence_zscore{")) or (
+        line.startswith("atelier_drift_feature_drifted{") and "brightness" in line
+    ):
+        if "last_1000" in line or "ingested" in line:
+            print("  " + line)
+d = status.get("detail", {})
+print(f"  -> last_1000: severity {status.get('severity')}, drift share {status.get('drift_share')}, "
+      f"dataset drift {d.get('dataset_drift')}, report {status.get('report_id')}")
+PY
+}
+
+step "clean traffic: 1,024 held-out test images (KServe v2, 32 per request)"
+$BIN/atelier send --url "$URL" --n 1024 --offset 0
+drift_gauges 1000 clean
+
+step "shifted traffic: the next 1,024 test images, inverted"
+$BIN/atelier send --url "$URL" --n 1024 --offset 1024 --shift invert
+drift_gauges 1000 drift
+echo "  Evidently report: runs/demo-drift/reports/latest.html (and latest.json); list: curl http://127.0.0.1:$DRIFT_PORT/reports"
+
+step "stop the drift sidecar (pid $DRIFT_PID)"
+kill -TERM "$DRIFT_PID"; wait "$DRIFT_PID" || true
+DRIFT_PID=""
 
 step "stop TorchServe (pid $SERVE_PID)"
 kill -TERM $SERVE_PID

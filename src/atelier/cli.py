@@ -215,6 +215,57 @@ def samples(
     typer.echo(f"wrote {n} PNG files to {out}")
 
 
+@app.command()
+def send(
+    url: Annotated[
+        str, typer.Option("--url", help="model server base URL")
+    ] = "http://127.0.0.1:8085",
+    model: Annotated[str, typer.Option("--model")] = "fashion-mnist",
+    n: Annotated[int, typer.Option("--n", min=1, max=10_000, help="test images to send")] = 1024,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="first test image")] = 0,
+    shift: Annotated[
+        str,
+        typer.Option("--shift", help="none, invert, brighten or rotate: traffic unlike training"),
+    ] = "none",
+    data: Annotated[Path, typer.Option("--data", help="Fashion-MNIST folder")] = Path(
+        "/usr/share/datasets/fashion-mnist"
+    ),
+) -> None:
+    """Send Fashion-MNIST test images to a model server as KServe v2 requests of 32."""
+    import numpy as np
+    import requests
+
+    from atelier.data.idx import load_fashion_mnist
+    from atelier.errors import ConfigError
+
+    shifts = {
+        "none": lambda x: x,
+        "invert": lambda x: 255 - x,
+        "brighten": lambda x: np.clip(x.astype(int) + 90, 0, 255).astype(np.uint8),
+        "rotate": lambda x: np.rot90(x, k=1, axes=(2, 3)).copy(),
+    }
+    if shift not in shifts:
+        raise ConfigError(f"--shift {shift!r}: choose one of {', '.join(shifts)}")
+    x = load_fashion_mnist(data)["test_x"][offset : offset + n]
+    x = shifts[shift](x)
+    ok = failed = 0
+    for start in range(0, len(x), 32):
+        chunk = x[start : start + 32]
+        tensor = {"name": "images", "shape": list(chunk.shape), "datatype": "UINT8",
+                  "data": chunk.ravel().tolist()}  # fmt: skip
+        try:
+            r = requests.post(
+                f"{url}/v2/models/{model}/infer", json={"inputs": [tensor]}, timeout=60
+            )
+        except requests.RequestException as exc:
+            raise ConfigError(f"--url {url}: {exc}") from exc
+        if r.status_code == 200:
+            ok += len(chunk)
+        else:
+            failed += len(chunk)
+    typer.echo(f"sent {ok} images ({shift}) to {url}; {failed} failed")
+
+
 @bench_app.command("train")
 def bench_train(
     configs: Annotated[
@@ -249,6 +300,18 @@ def bench_serve(
     if unknown:
         raise ConfigError(f"--runtime {', '.join(unknown)}: choose torchserve or kserve")
     run(store, out, seconds, concurrency or [1, 8, 32], runtimes)
+
+
+@bench_app.command("drift")
+def bench_drift(
+    records: Annotated[
+        int, typer.Option("--records", min=1000, help="records to ingest")
+    ] = 100_000,
+) -> None:
+    """Drift sidecar: ingest rate, report time over 10,000 records, peak RSS."""
+    from atelier.bench_drift import bench_drift as run
+
+    run(records)
 
 
 def main() -> None:
