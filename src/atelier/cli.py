@@ -307,11 +307,17 @@ def bench_drift(
     records: Annotated[
         int, typer.Option("--records", min=1000, help="records to ingest")
     ] = 100_000,
+    store: Annotated[
+        Path,
+        typer.Option("--store", help="model store for the detection rows (smoke model if empty)"),
+    ] = Path("runs/bench-serve/store"),
 ) -> None:
-    """Drift sidecar: ingest rate, report time over 10,000 records, peak RSS."""
+    """Drift sidecar: ingest rate, report time, RSS, false positives and detection."""
     from atelier.bench_drift import bench_drift as run
+    from atelier.bench_serve import _ensure_store
 
-    run(records)
+    _ensure_store(store, store.parent)
+    run(records, store)
 
 
 def main() -> None:
