@@ -35,6 +35,7 @@ format: setup
 bench: setup
 	$(BIN)/atelier bench train
 	$(BIN)/atelier bench serve
+	$(BIN)/atelier bench drift
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from atelier.drift.feedback import FeedbackBook, PredictionLog
 from atelier.drift.ingest import SpoolFollower
 from atelier.drift.reference import Reference, ReferenceUnavailableError, load_reference
-from atelier.drift.report import SEVERITY_LEVEL, DriftMethods, NotEnoughDataError, grade, run_drift
+from atelier.drift.report import SEVERITY_LEVEL, NotEnoughDataError, grade, run_drift
 from atelier.drift.reports_store import ReportStore, ReportWriteError
 from atelier.drift.settings import DriftSettings
 from atelier.drift.windows import Windows
@@ -147,7 +147,7 @@ class DriftService:
         self.predictions = PredictionLog()
         self.feedback = FeedbackBook(self.predictions)
         self.store = ReportStore(settings.reports_dir, retention=settings.retention)
-        self.methods = DriftMethods(**self._method_kwargs())
+        self.methods = settings.methods
         self.reference: Reference | None = None
         self.not_ready_reason = "reference not loaded yet"
         self.status: dict[str, WindowStatus] = {}
@@ -157,17 +157,6 @@ class DriftService:
         self._last_report = 0.0
         self._threads: list[threading.Thread] = []
         self._try_load_reference(None)
-
-    def _method_kwargs(self) -> dict[str, Any]:
-        s = self.s
-        names = ("numeric_method", "class_method", "drift_share_threshold", "confidence_z_warning",
-                 "confidence_z_critical", "class_js_warning", "class_js_critical")  # fmt: skip
-        kw: dict[str, Any] = {name: getattr(s, name) for name in names}
-        if s.numeric_threshold is not None:
-            kw["numeric_threshold"] = s.numeric_threshold
-        if s.class_threshold is not None:
-            kw["class_threshold"] = s.class_threshold
-        return kw
 
     # --- reference
     def _try_load_reference(self, version: str | None) -> bool:

@@ -7,11 +7,14 @@ from pathlib import Path
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from atelier.drift.report import DriftMethods
 from atelier.errors import ConfigError
 
 
 class DriftSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ATELIER_DRIFT_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="ATELIER_DRIFT_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
 
     spool_dir: Path = Path("runs/spool")
     store: Path = Path("model-store")
@@ -31,16 +34,9 @@ class DriftSettings(BaseSettings):
     retention: int = Field(20, ge=1)
     poll_interval_s: float = Field(0.5, gt=0)
 
-    # Drift methods and thresholds: pinned so results are comparable run to run.
-    numeric_method: str = Field("ks", pattern="^(ks|wasserstein)$")
-    numeric_threshold: float | None = Field(None, gt=0)
-    class_method: str = Field("jensenshannon", pattern="^(jensenshannon|psi)$")
-    class_threshold: float | None = Field(None, gt=0)
-    drift_share_threshold: float = Field(0.5, gt=0, le=1)
-    confidence_z_warning: float = Field(3.0, gt=0)
-    confidence_z_critical: float = Field(6.0, gt=0)
-    class_js_warning: float = Field(0.1, gt=0)
-    class_js_critical: float = Field(0.2, gt=0)
+    # Drift methods and thresholds, pinned so results are comparable run to run: the
+    # report's own typed model (ATELIER_DRIFT_METHODS__NUMERIC_METHOD=wasserstein, ...).
+    methods: DriftMethods = Field(default_factory=DriftMethods)
     # Live accuracy below the reference accuracy, in percentage points.
     accuracy_warning_points: float = Field(5.0, gt=0)
     accuracy_critical_points: float = Field(10.0, gt=0)
@@ -49,8 +45,6 @@ class DriftSettings(BaseSettings):
     def _order(self) -> DriftSettings:
         if self.window_long < self.window_short:
             raise ValueError("window_long must be >= window_short")
-        if self.confidence_z_critical < self.confidence_z_warning:
-            raise ValueError("confidence_z_critical must be >= confidence_z_warning")
         if self.accuracy_critical_points < self.accuracy_warning_points:
             raise ValueError("accuracy_critical_points must be >= accuracy_warning_points")
         return self
@@ -70,6 +64,5 @@ def load_settings(**overrides: object) -> DriftSettings:
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"]) or "settings"
-        raise ConfigError(
-            f"drift setting {key} (ATELIER_DRIFT_{key.upper()}): {first['msg']}"
-        ) from exc
+        env = "ATELIER_DRIFT_" + "__".join(str(p) for p in first["loc"]).upper()
+        raise ConfigError(f"drift setting {key} ({env}): {first['msg']}") from exc
