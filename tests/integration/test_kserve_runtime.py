@@ -34,7 +34,7 @@ from atelier.data.idx import load_fashion_mnist
 from atelier.inference import Classifier
 from atelier.preprocess import encode_png
 from atelier.serving.kserve_runtime import KServeRuntime, KServeSettings
-from atelier.serving.torchserve import free_port
+from atelier.serving.process import free_port
 from atelier.training import RunResult
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import requests
 
-from atelier.serving.process import ServerProcess
-from atelier.serving.torchserve import free_port
+from atelier.serving.process import ServerProcess, free_port
 
 
 @dataclass

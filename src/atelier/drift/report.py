@@ -111,20 +111,13 @@ class DriftMethods(BaseModel):
             return CLASS_DEFAULT_THRESHOLD.get(info.data.get("class_method", "jensenshannon"), 0.1)
         return value
 
-    @field_validator("confidence_z_critical")
+    @field_validator("confidence_z_critical", "class_js_critical")
     @classmethod
-    def _z_order(cls, value: float, info: ValidationInfo) -> float:
-        warning = info.data.get("confidence_z_warning")
+    def _critical_above_warning(cls, value: float, info: ValidationInfo) -> float:
+        name = info.field_name or ""
+        warning = info.data.get(name.replace("_critical", "_warning"))
         if warning is not None and value < warning:
-            raise ValueError("confidence_z_critical must be >= confidence_z_warning")
-        return value
-
-    @field_validator("class_js_critical")
-    @classmethod
-    def _js_order(cls, value: float, info: ValidationInfo) -> float:
-        warning = info.data.get("class_js_warning")
-        if warning is not None and value < warning:
-            raise ValueError("class_js_critical must be >= class_js_warning")
+            raise ValueError(f"{name} must be >= {name.replace('_critical', '_warning')}")
         return value
 
 

@@ -58,8 +58,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 
 from atelier.errors import AtelierError, ConfigError, MalformedRequestError, ServerError
-from atelier.serving.process import ServerProcess
-from atelier.serving.torchserve import free_port
+from atelier.serving.process import ProcessSettings, ServerProcess, free_port
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -82,20 +81,8 @@ DRAIN_LIMIT = 64 * 1024 * 1024
 
 
 @dataclass
-class KServeSettings:
-    store: Path
-    run_dir: Path
-    model_name: str
-    host: str = "127.0.0.1"
+class KServeSettings(ProcessSettings):
     http_port: int = field(default_factory=free_port)
-    ready_timeout_s: float = 120.0
-    omp_threads: int = 1
-    extra_env: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        # The server runs with the run folder as its working directory: paths must be absolute.
-        self.store = self.store.resolve()
-        self.run_dir = self.run_dir.resolve()
 
 
 class KServeRuntime(ServerProcess):

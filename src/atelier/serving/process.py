@@ -11,12 +11,38 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
 from atelier.errors import ServerError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ProcessSettings:
+    """What every model server process needs; each runtime adds its ports."""
+
+    store: Path
+    run_dir: Path
+    model_name: str
+    host: str = "127.0.0.1"
+    ready_timeout_s: float = 120.0
+    omp_threads: int = 1
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # The server runs with the run folder as its working directory: paths must be absolute.
+        self.store = self.store.resolve()
+        self.run_dir = self.run_dir.resolve()
 
 
 class ServerProcess:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,35 +18,17 @@ from typing import Any
 import requests
 
 from atelier.errors import ServerError
-from atelier.serving.process import ServerProcess
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+from atelier.serving.process import ProcessSettings, ServerProcess, free_port
 
 
 @dataclass
-class TorchServeSettings:
-    store: Path
-    run_dir: Path
-    model_name: str
-    host: str = "127.0.0.1"
+class TorchServeSettings(ProcessSettings):
     inference_port: int = field(default_factory=free_port)
     management_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     # TorchServe always starts its gRPC servers; free ports keep two servers apart.
     grpc_inference_port: int = field(default_factory=free_port)
     grpc_management_port: int = field(default_factory=free_port)
-    ready_timeout_s: float = 120.0
-    omp_threads: int = 1
-    extra_env: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        # TorchServe runs with the run folder as its working directory: paths must be absolute.
-        self.store = self.store.resolve()
-        self.run_dir = self.run_dir.resolve()
 
 
 class TorchServe(ServerProcess):
