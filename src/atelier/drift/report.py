@@ -389,32 +389,23 @@ def run_drift(
         c: (methods.class_threshold if c in CATEGORICAL_FEATURES else methods.numeric_threshold)
         for c in columns
     }
+    # The same pinned methods and thresholds, with or without the HTML preset.
+    options: dict[str, Any] = {
+        "columns": columns,
+        "drift_share": methods.drift_share_threshold,
+        "num_method": num_method,
+        "cat_method": cat_method,
+        "per_column_method": dict(per_column_method),
+        "num_threshold": methods.numeric_threshold,
+        "cat_threshold": methods.class_threshold,
+        "per_column_threshold": dict(per_column_threshold),
+    }
     items: list[Any]
     if with_html:
-        items = [
-            DataDriftPreset(
-                columns=columns,
-                drift_share=methods.drift_share_threshold,
-                num_method=num_method,
-                cat_method=cat_method,
-                per_column_method=dict(per_column_method),
-                num_threshold=methods.numeric_threshold,
-                cat_threshold=methods.class_threshold,
-                per_column_threshold=dict(per_column_threshold),
-            )
-        ]
+        items = [DataDriftPreset(**options)]
     else:
         items = [
-            DriftedColumnsCount(
-                columns=columns,
-                drift_share=methods.drift_share_threshold,
-                num_method=num_method,
-                cat_method=cat_method,
-                per_column_method=dict(per_column_method),
-                num_threshold=methods.numeric_threshold,
-                cat_threshold=methods.class_threshold,
-                per_column_threshold=dict(per_column_threshold),
-            ),
+            DriftedColumnsCount(**options),
             *(
                 ValueDrift(column=c, method=per_column_method[c], threshold=per_column_threshold[c])
                 for c in columns
