@@ -151,3 +151,58 @@ REQUEST_ERRORS: tuple[type[RequestError], ...] = (
 def error_body(err: AtelierError) -> dict[str, dict[str, str]]:
     """The one JSON shape every runtime answers a bad request with."""
     return {"error": {"type": err.kind, "message": err.message}}
+
+
+# --- Drift sidecar
+
+
+class InvalidFeedbackError(AtelierError):
+    http_status = 422
+    kind = "invalid_feedback"
+
+
+class UnknownRequestError(AtelierError):
+    """Feedback for a request id (and index) the sidecar has no recent prediction for."""
+
+    http_status = 404
+    kind = "unknown_request"
+
+
+class InvalidLabelError(AtelierError):
+    """A feedback label that is neither a class id nor a class name."""
+
+    http_status = 422
+    kind = "invalid_label"
+
+
+class ReferenceUnavailableError(AtelierError):
+    http_status = 503
+    kind = "reference_unavailable"
+
+
+class NotEnoughDataError(AtelierError):
+    """Too few rows to say anything: "no data" must not be reported as "no drift"."""
+
+    http_status = 409
+    kind = "not_enough_data"
+
+
+class DriftInputError(AtelierError):
+    """A reference or current frame lacks feature columns, or holds no usable values."""
+
+    http_status = 400
+    kind = "drift_input_invalid"
+
+
+class ReportNotFoundError(AtelierError):
+    """No such report, or an id that is not a report id (e.g. a path traversal attempt)."""
+
+    http_status = 404
+    kind = "report_not_found"
+
+
+class ReportWriteError(AtelierError):
+    """The reports folder cannot be written (full, read-only, gone)."""
+
+    http_status = 500
+    kind = "report_write_failed"

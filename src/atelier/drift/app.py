@@ -18,15 +18,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from atelier.drift.feedback import parse_label
 from atelier.drift.service import DriftService
-from atelier.errors import AtelierError, MalformedRequestError, error_body
+from atelier.errors import AtelierError, InvalidFeedbackError, MalformedRequestError, error_body
 from atelier.serving.spool import SCHEMA, FeatureSpool
 
 REQUIRED = ("request_id", "model_version", "predicted_class", "confidence")
-
-
-class InvalidFeedbackError(AtelierError):
-    http_status = 422
-    kind = "invalid_feedback"
 
 
 def create_app(service: DriftService) -> FastAPI:

@@ -13,23 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from atelier.errors import AtelierError
+from atelier.errors import InvalidLabelError, UnknownRequestError
 
 RecordKey = tuple[str, int]
-
-
-class UnknownRequestError(AtelierError):
-    """Feedback for a request id (and index) the sidecar has no recent prediction for."""
-
-    http_status = 404
-    kind = "unknown_request"
-
-
-class InvalidLabelError(AtelierError):
-    """A feedback label that is neither a class id nor a class name."""
-
-    http_status = 422
-    kind = "invalid_label"
 
 
 @dataclass(frozen=True)

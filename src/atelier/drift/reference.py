@@ -10,13 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from atelier.errors import AtelierError
+from atelier.errors import ReferenceUnavailableError
 from atelier.features import ALL_FEATURES
-
-
-class ReferenceUnavailableError(AtelierError):
-    http_status = 503
-    kind = "reference_unavailable"
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import ks_2samp
 
-from atelier.errors import AtelierError
+from atelier.errors import DriftInputError, NotEnoughDataError
 from atelier.features import ALL_FEATURES
 
 Severity = Literal["ok", "warning", "critical"]
@@ -61,20 +61,6 @@ CLASS_DEFAULT_THRESHOLD = {"jensenshannon": 0.1, "psi": 0.2}
 # window, and DataDriftPreset computes every column three times, so > 4 s per report.
 # The asymptotic p-value is indistinguishable from the exact one at these sample sizes.
 EVIDENTLY_KS = "atelier_ks_asymp"
-
-
-class NotEnoughDataError(AtelierError):
-    """Too few rows to say anything: "no data" must not be reported as "no drift"."""
-
-    http_status = 409
-    kind = "not_enough_data"
-
-
-class DriftInputError(AtelierError):
-    """A reference or current frame lacks feature columns, or holds no usable values."""
-
-    http_status = 400
-    kind = "drift_input_invalid"
 
 
 class DriftMethods(BaseModel):

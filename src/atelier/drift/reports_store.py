@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from atelier.drift.report import DriftResult, json_safe
-from atelier.errors import AtelierError
+from atelier.errors import ReportNotFoundError, ReportWriteError
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +34,6 @@ WINDOW_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 REPORT_ID_PATTERN = re.compile(r"^\d{8}T\d{12}-[A-Za-z0-9_-]{1,64}$")
 LATEST = "latest"
 EXTENSIONS = ("html", "json")
-
-
-class ReportNotFoundError(AtelierError):
-    """No such report, or an id that is not a report id (e.g. a path traversal attempt)."""
-
-    http_status = 404
-    kind = "report_not_found"
-
-
-class ReportWriteError(AtelierError):
-    """The reports folder cannot be written (full, read-only, gone)."""
-
-    http_status = 500
-    kind = "report_write_failed"
 
 
 def make_report_id(created: datetime, window: str) -> str:
