@@ -72,6 +72,11 @@ class AtelierHandler(BaseHandler):
             metrics.get_metric(f"atelier_{step}_seconds", MetricTypes.HISTOGRAM).add_or_update(
                 seconds, dimension_values=self.dims
             )
+        # Whole-handler seconds, once per request in the batch: the request-weighted
+        # distribution the latency SLO's p99 is computed from.
+        handler = metrics.get_metric("atelier_handler_seconds", MetricTypes.HISTOGRAM)
+        for _ in outcomes:
+            handler.add_or_update(stats.total_seconds, dimension_values=self.dims)
         if stats.images:
             metrics.get_metric("atelier_batch_size", MetricTypes.HISTOGRAM).add_or_update(
                 stats.images, dimension_values=self.dims

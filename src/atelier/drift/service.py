@@ -68,6 +68,12 @@ class DriftMetrics:
             w,
             registry=r,
         )
+        self.class_share = Gauge(
+            "atelier_drift_class_share",
+            "Share of predictions per class: source=current (the window) or reference",
+            [*w, "class_name", "source"],
+            registry=r,
+        )
         self.live_accuracy = Gauge(
             "atelier_drift_live_accuracy",
             "Accuracy of predictions that got feedback",
@@ -273,6 +279,11 @@ class DriftService:
             m.feature_drifted.labels(window, feature).set(1 if fd.drifted else 0)
         m.confidence_z.labels(window).set(result.confidence_z)
         m.class_js.labels(window).set(result.class_js)
+        for name, ref_share, cur_share in zip(
+            ref.class_names, result.class_share_reference, result.class_share_current, strict=True
+        ):
+            m.class_share.labels(window, name, "reference").set(ref_share)
+            m.class_share.labels(window, name, "current").set(cur_share)
         severity = result.severity
         acc, n = self.feedback.accuracy(None if window == SINCE_LIVE else self._window_size(window))
         m.labelled.labels(window).set(n)

@@ -229,6 +229,9 @@ class ServingMetrics:
             step: histogram(f"atelier_{step}_seconds", f"Seconds in {step}", LATENCY_BUCKETS)
             for step in STEPS
         }
+        self.handler = histogram(
+            "atelier_handler_seconds", "Seconds in the handler, per request", LATENCY_BUCKETS
+        )
         self.batch_size = histogram("atelier_batch_size", "Images per forward", BATCH_BUCKETS)
         self.batch_requests = histogram(
             "atelier_batch_requests", "Requests per batch (1: KServe does not batch)", BATCH_BUCKETS
@@ -243,6 +246,8 @@ class ServingMetrics:
     ) -> None:
         for step, seconds in stats.seconds.items():
             self.steps[step].labels(*dims).observe(seconds)
+        for _ in outcomes:
+            self.handler.labels(*dims).observe(stats.total_seconds)
         if stats.images:
             self.batch_size.labels(*dims).observe(stats.images)
         self.batch_requests.labels(*dims).observe(stats.requests)

@@ -55,6 +55,7 @@ class ServerProcess:
         self.model_name = model_name
         self.ready_timeout_s = ready_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None
+        self.subject = f"model {model_name}"  # what readiness means, for the timeout message
 
     # --- what a server supplies
     def command(self) -> list[str]:
@@ -99,7 +100,7 @@ class ServerProcess:
                 return self
             time.sleep(self.poll_interval_s)
         raise ServerError(
-            f"model {self.model_name} not ready on {self.label} after "
+            f"{self.subject} not ready on {self.label} after "
             f"{self.ready_timeout_s:.0f}s; see {self.log_tail()}"
         )
 

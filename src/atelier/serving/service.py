@@ -52,6 +52,11 @@ class BatchStats:
     images: int = 0
     requests: int = 0
 
+    @property
+    def total_seconds(self) -> float:
+        """Preprocess + inference + postprocess: the handler's time for this batch."""
+        return sum(self.seconds.values())
+
 
 def _guess_protocol(item: Item) -> str:
     """Label a refused request for the metrics: the route's protocol, else the body's look."""
