@@ -3,7 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dataset-fashion-mnist curl wrk)
+# prometheus (2.42, with promtool) and prometheus-alertmanager (0.25, with amtool): monitoring/.
+APT_PACKAGES=(dataset-fashion-mnist curl wrk prometheus prometheus-alertmanager)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -42,5 +43,5 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
 fi
 echo "setup: installing atelier and pinned dependencies"
 pip_install -c constraints.txt -e '.[dev]'
-.venv/bin/python -c "import torch, ts, model_archiver; assert torch.__version__.startswith('2.13.0')"
+.venv/bin/python -c "import torch, ts, model_archiver, grafana_foundation_sdk, locust; assert torch.__version__.startswith('2.13.0')"
 echo "setup: done"
