@@ -1,0 +1,325 @@
+"""The monitoring files proven against the live stack, all real processes on 127.0.0.1.
+
+TorchServe serving a real .mar, the drift sidecar reading its feature spool, Prometheus 2.42
+loading monitoring/prometheus/ (1s scrape and evaluation intervals), Alertmanager 0.25 with
+monitoring/alertmanager/alertmanager.yml (1s grouping), and a webhook receiver. The tests run
+in order, as one story: traffic, an error flood, the server stopped, recovery.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from atelier.archive import ArchiveResult
+from atelier.data.idx import load_fashion_mnist
+from atelier.drift.launcher import DriftSidecar, SidecarSettings
+from atelier.monitoring.dashboards import build_all, expand, panel_queries
+from atelier.monitoring.stack import MonitoringStack, StackSettings, wait_until
+from atelier.serving.torchserve import TorchServe, TorchServeSettings
+
+pytestmark = pytest.mark.integration
+
+MODEL = "fashion-mnist"
+SHORT, LONG = 300, 600  # drift windows, small so recovery takes a few hundred images
+ALERT_WAIT = 150.0  # an alert's `for` (1m) + evaluation + grouping, with room for a busy machine
+
+
+def png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image.reshape(28, 28)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def images(fashion_mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    data = load_fashion_mnist(fashion_mnist_dir)
+    return data["test_x"], data["test_y"]
+
+
+@pytest.fixture(scope="module")
+def live(smoke_store: ArchiveResult, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    base = tmp_path_factory.mktemp("monitoring")
+    store = smoke_store.version_dir.parent.parent
+    spool = base / "spool"
+    ts_settings = TorchServeSettings(
+        store=store, run_dir=base / "torchserve", model_name=MODEL,
+        extra_env={"ATELIER_SPOOL_DIR": str(spool)},
+    )  # fmt: skip
+    drift = DriftSidecar(
+        SidecarSettings(
+            spool_dir=spool, store=store, run_dir=base / "drift",
+            report_every_records=100, report_every_seconds=1.0,
+            extra_env={"ATELIER_DRIFT_WINDOW_SHORT": str(SHORT),
+                       "ATELIER_DRIFT_WINDOW_LONG": str(LONG)},
+        )
+    )  # fmt: skip
+    stack = MonitoringStack(
+        StackSettings(
+            run_dir=base / "stack", model=MODEL,
+            torchserve=[f"127.0.0.1:{ts_settings.metrics_port}"],
+            drift=[f"127.0.0.1:{drift.s.port}"],
+            scrape_interval="1s", evaluation_interval="1s", resend_delay="1s",
+            group_wait="1s", group_interval="1s", repeat_interval="1h",
+        )
+    )  # fmt: skip
+    state: dict[str, Any] = {"ts": TorchServe(ts_settings), "drift": drift, "stack": stack,
+                             "ts_settings": ts_settings, "sent": 0}  # fmt: skip
+    try:
+        state["ts"].__enter__()
+        drift.__enter__()
+        stack.start()
+        yield state
+    finally:
+        stack.stop()
+        drift.stop()
+        state["ts"].stop()
+
+
+def classify_v2(live: dict, images: np.ndarray, request_id: str) -> None:
+    """One v2 request per 32 images, ids <request_id>-<first index>."""
+    ts: TorchServe = live["ts"]
+    for start in range(0, len(images), 32):
+        chunk = images[start : start + 32]
+        data = [base64.b64encode(png(img)).decode() for img in chunk]
+        body = {"id": f"{request_id}-{start}",
+                "inputs": [{"name": "images", "shape": [len(data)], "datatype": "BYTES",
+                            "data": data}]}  # fmt: skip
+        r = requests.post(f"{ts.inference_url}/v2/models/{MODEL}/infer", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        live["sent"] += len(chunk)
+
+
+def send_feedback(live: dict, request_id: str, labels: np.ndarray) -> int:
+    joined = 0
+    for i, label in enumerate(labels):
+        body = {"request_id": f"{request_id}-{(i // 32) * 32}", "index": i % 32,
+                "label": int(label)}  # fmt: skip
+        r = requests.post(f"{live['drift'].url}/feedback", json=body, timeout=10)
+        joined += r.status_code == 200
+    return joined
+
+
+def webhook_alerts(live: dict, name: str, status: str) -> list[dict[str, Any]]:
+    return [
+        a
+        for a in live["stack"].webhook.alerts()
+        if a["labels"]["alertname"] == name and a["status"] == status
+    ]
+
+
+def am_alert(live: dict, name: str) -> list[dict[str, Any]]:
+    return [a for a in live["stack"].am.alerts() if a["labels"]["alertname"] == name]
+
+
+def test_targets_are_up_and_every_rule_evaluates(live: dict) -> None:
+    prom = live["stack"].prom
+    jobs = {"prometheus", "alertmanager", "atelier-torchserve", "atelier-drift"}
+
+    def all_up() -> bool:
+        up = {t["labels"]["job"] for t in prom.targets() if t["health"] == "up"}
+        return jobs <= up
+
+    wait_until(all_up, 60, "every target up")
+    for target in prom.targets():
+        assert target["labels"].get("model") == MODEL or target["labels"]["job"] in {
+            "prometheus", "alertmanager"
+        }  # fmt: skip
+    groups = prom._get("/api/v1/rules")["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    assert len(rules) >= 40
+    time.sleep(2)
+    groups = prom._get("/api/v1/rules")["groups"]
+    bad = [
+        (r["name"], r.get("lastError")) for g in groups for r in g["rules"] if r["health"] == "err"
+    ]
+    assert not bad
+
+
+def test_every_dashboard_target_returns_a_series(live: dict, images) -> None:
+    x, y = images
+    ts: TorchServe = live["ts"]
+    # Good traffic over every protocol, bad traffic (4xx), and labels for live accuracy.
+    for i in range(20):
+        r = requests.post(f"{ts.inference_url}/predictions/{MODEL}", data=png(x[i]),
+                          headers={"Content-Type": "image/png"}, timeout=30)  # fmt: skip
+        assert r.status_code == 200
+        r = requests.post(f"{ts.inference_url}/predictions/{MODEL}", data=b"not an image",
+                          headers={"Content-Type": "image/png"}, timeout=30)  # fmt: skip
+        assert r.status_code == 400
+    body = {"instances": [{"b64": base64.b64encode(png(x[0])).decode()}]}
+    assert requests.post(f"{ts.inference_url}/v1/models/{MODEL}:predict", json=body,
+                         timeout=30).status_code == 200  # fmt: skip
+    classify_v2(live, x[:LONG], "clean")
+    assert send_feedback(live, "clean", y[:LONG]) == LONG
+
+    prom = live["stack"].prom
+    queries = [q for dashboard in build_all().values() for q in panel_queries(dashboard)]
+    assert len(queries) >= 20
+
+    def empty() -> list[str]:
+        missing = []
+        for uid, title, ref, expr in queries:
+            if not prom.query(expand(expr, model=MODEL, window=f"last_{SHORT}")):
+                missing.append(f"{uid} / {title} / {ref}: {expr}")
+        return missing
+
+    left: list[str] = []
+
+    def all_have_data() -> bool:
+        nonlocal left
+        left = empty()
+        return not left
+
+    try:
+        wait_until(all_have_data, 90, "every dashboard target to return a series", interval=3)
+    except Exception:
+        pytest.fail("targets without a series:\n" + "\n".join(left))
+
+
+def test_shifted_images_raise_drift_detected(live: dict, images) -> None:
+    x, _ = images
+    classify_v2(live, 255 - x[LONG : LONG + LONG], "shifted")
+    prom = live["stack"].prom
+    firing = wait_until(lambda: prom.firing("DriftDetected"), ALERT_WAIT, "DriftDetected firing")
+    windows = {a["labels"]["window"] for a in firing}
+    assert windows & {f"last_{SHORT}", f"last_{LONG}"}
+    assert all(a["labels"]["severity"] == "ticket" for a in firing)
+    assert all(a["labels"]["model"] == MODEL for a in firing)
+    # Alertmanager has it: sent to the ticket receiver, or held back by DriftCritical.
+    held = am_alert(live, "DriftDetected")
+    assert held
+    for alert in held:
+        if alert["status"]["state"] == "suppressed":
+            assert alert["status"]["inhibitedBy"]
+    wait_until(
+        lambda: (
+            webhook_alerts(live, "DriftDetected", "firing")
+            or webhook_alerts(live, "DriftCritical", "firing")
+        ),
+        ALERT_WAIT,
+        "a drift notification at the webhook",
+    )
+    for a in webhook_alerts(live, "DriftDetected", "firing"):
+        assert a["receiver"] == "ticket"
+    for a in webhook_alerts(live, "DriftCritical", "firing"):
+        assert a["receiver"] == "page"
+
+
+def test_error_flood_pages_through_the_page_receiver(live: dict, images) -> None:
+    ts: TorchServe = live["ts"]
+    # No workers: TorchServe answers 503 itself, counted in Requests5XX.
+    r = requests.put(
+        f"{ts.management_url}/models/{MODEL}?min_worker=0&max_worker=0&synchronous=true",
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    image = png(images[0][0])
+    codes = []
+    # Spread over a few scrapes: TorchServe creates Requests5XX at the first 5xx, and rate()
+    # counts increases from the first sample it sees, not the value a series starts at.
+    for _ in range(15):
+        r = requests.post(f"{ts.inference_url}/predictions/{MODEL}", data=image,
+                          headers={"Content-Type": "image/png"}, timeout=30)  # fmt: skip
+        codes.append(r.status_code)
+        time.sleep(0.25)
+    assert set(codes) == {503}
+    prom = live["stack"].prom
+    wait_until(
+        lambda: (
+            (prom.value(f'atelier:request_errors:ratio_rate5m{{model="{MODEL}"}}') or 0) > 0.0144
+        ),
+        60,
+        "the 5m error ratio over 14.4x the budget",
+    )
+    paged = wait_until(
+        lambda: webhook_alerts(live, "ErrorBudgetBurn", "firing"),
+        ALERT_WAIT,
+        "ErrorBudgetBurn at the webhook",
+    )
+    alert = paged[0]
+    assert alert["receiver"] == "page"
+    assert alert["labels"]["severity"] == "page"
+    assert alert["labels"]["model"] == MODEL
+    assert alert["labels"]["job"] == "atelier-torchserve"
+    assert alert["annotations"]["runbook_url"].endswith("#errorbudgetburn")
+    assert "5xx" in alert["annotations"]["description"]
+
+
+def test_stopped_server_pages_and_inhibits_its_error_and_latency_alerts(live: dict) -> None:
+    stack: MonitoringStack = live["stack"]
+    live["ts"].stop()
+    down = wait_until(
+        lambda: webhook_alerts(live, "ModelServerDown", "firing"),
+        ALERT_WAIT,
+        "ModelServerDown at the webhook",
+    )
+    assert down[0]["receiver"] == "page"
+    assert down[0]["labels"]["job"] == "atelier-torchserve"
+    # The burn alert still fires in Prometheus (its windows hold the errors), but
+    # Alertmanager holds it back while the server is down.
+    assert stack.prom.firing("ErrorBudgetBurn")
+
+    def burn_suppressed() -> bool:
+        alerts = am_alert(live, "ErrorBudgetBurn")
+        return bool(alerts) and all(a["status"]["state"] == "suppressed" for a in alerts)
+
+    wait_until(burn_suppressed, 30, "ErrorBudgetBurn inhibited")
+    # A latency alert for the same server is held back too.
+    labels = {"alertname": "HighLatencyP99", "severity": "ticket", "job": "atelier-torchserve",
+              "model": MODEL, "quantile": "0.99"}  # fmt: skip
+    stack.am.post([{"labels": labels, "annotations": {"summary": "probe"}}])
+    latency = wait_until(lambda: am_alert(live, "HighLatencyP99"), 30, "the latency alert")
+    assert latency[0]["status"]["state"] == "suppressed"
+    assert latency[0]["status"]["inhibitedBy"]
+    time.sleep(3)  # two grouping intervals: nothing may reach the webhook
+    assert not webhook_alerts(live, "HighLatencyP99", "firing")
+
+
+def test_every_alert_resolves_after_recovery(live: dict, images) -> None:
+    x, _ = images
+    stack: MonitoringStack = live["stack"]
+    live["ts"] = TorchServe(live["ts_settings"]).__enter__()  # same ports, same store
+    ts: TorchServe = live["ts"]
+    # Enough good requests that the errors fall under 6x the budget in the 30m window too.
+    image = png(x[1])
+    session = requests.Session()
+    for _ in range(4000):
+        r = session.post(f"{ts.inference_url}/predictions/{MODEL}", data=image,
+                         headers={"Content-Type": "image/png"}, timeout=30)  # fmt: skip
+        assert r.status_code == 200
+    # Clean images push the shifted ones out of both drift windows.
+    classify_v2(live, x[2 * LONG : 3 * LONG], "recovered")
+
+    names = ("ModelServerDown", "ErrorBudgetBurn", "DriftDetected", "DriftCritical")
+
+    def quiet() -> list[str]:
+        return [
+            a["labels"]["alertname"]
+            for a in stack.prom.firing()
+            if a["labels"]["alertname"] in names
+        ]
+
+    wait_until(lambda: not quiet(), 180, "no firing serving or drift alert")
+    for name in ("ModelServerDown", "ErrorBudgetBurn"):
+        wait_until(
+            lambda n=name: webhook_alerts(live, n, "resolved"),
+            60,
+            f"{name} resolved at the webhook",
+        )
+    fired = {a["labels"]["alertname"] for a in stack.webhook.alerts() if a["status"] == "firing"}
+    for name in {"DriftDetected", "DriftCritical"} & fired:
+        wait_until(
+            lambda n=name: webhook_alerts(live, n, "resolved"),
+            60,
+            f"{name} resolved at the webhook",
+        )
