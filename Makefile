@@ -24,18 +24,19 @@ test-integration: setup
 	$(BIN)/pytest -q -m integration
 
 lint: setup
-	$(BIN)/ruff check src tests handlers
-	$(BIN)/ruff format --check src tests handlers
+	$(BIN)/ruff check src tests handlers loadtest
+	$(BIN)/ruff format --check src tests handlers loadtest
 	$(BIN)/mypy
 
 format: setup
-	$(BIN)/ruff format src tests handlers
-	$(BIN)/ruff check --fix src tests handlers
+	$(BIN)/ruff format src tests handlers loadtest
+	$(BIN)/ruff check --fix src tests handlers loadtest
 
 bench: setup
 	$(BIN)/atelier bench train
 	$(BIN)/atelier bench serve
 	$(BIN)/atelier bench drift
+	$(BIN)/atelier bench capacity
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache
