@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from atelier.errors import AtelierError
+from atelier.monitoring.commands import monitoring_app
 
 app = typer.Typer(
     add_completion=False,
@@ -21,6 +22,11 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print a table.")
 app.add_typer(bench_app, name="bench")
+app.add_typer(monitoring_app, name="monitoring")
+dashboards_app = typer.Typer(
+    no_args_is_help=True, help="Grafana dashboards as code: build the JSON, snapshot to PNG."
+)
+app.add_typer(dashboards_app, name="dashboards")
 
 DEFAULT_STORE = Path("model-store")
 
@@ -232,22 +238,16 @@ def send(
     ),
 ) -> None:
     """Send Fashion-MNIST test images to a model server as KServe v2 requests of 32."""
-    import numpy as np
     import requests
 
     from atelier.data.idx import load_fashion_mnist
     from atelier.errors import ConfigError
+    from atelier.shifts import SHIFTS, shift_images
 
-    shifts = {
-        "none": lambda x: x,
-        "invert": lambda x: 255 - x,
-        "brighten": lambda x: np.clip(x.astype(int) + 90, 0, 255).astype(np.uint8),
-        "rotate": lambda x: np.rot90(x, k=1, axes=(2, 3)).copy(),
-    }
-    if shift not in shifts:
-        raise ConfigError(f"--shift {shift!r}: choose one of {', '.join(shifts)}")
+    if shift not in SHIFTS:
+        raise ConfigError(f"--shift {shift!r}: choose one of {', '.join(SHIFTS)}")
     x = load_fashion_mnist(data)["test_x"][offset : offset + n]
-    x = shifts[shift](x)
+    x = shift_images(x, shift)
     ok = failed = 0
     for start in range(0, len(x), 32):
         chunk = x[start : start + 32]
@@ -264,6 +264,70 @@ def send(
         else:
             failed += len(chunk)
     typer.echo(f"sent {ok} images ({shift}) to {url}; {failed} failed")
+
+
+@app.command()
+def loadtest(
+    url: Annotated[
+        str | None,
+        typer.Argument(
+            help="model server base URL: an ingress, a port-forward, or the local stack "
+            "(default http://127.0.0.1:8085)",
+            show_default=False,
+        ),
+    ] = None,
+    host_header: Annotated[
+        str | None,
+        typer.Option("--host-header", help="Host header for an ingress that routes by name"),
+    ] = None,
+    shape: Annotated[str | None, typer.Option("--shape", help="steady, ramp or spike")] = None,
+    users: Annotated[
+        int | None, typer.Option("--users", "-u", help="users (the peak for ramp and spike)")
+    ] = None,
+    spawn_rate: Annotated[
+        float | None, typer.Option("--spawn-rate", help="users started per second")
+    ] = None,
+    duration: Annotated[float | None, typer.Option("--duration", help="seconds")] = None,
+    drift: Annotated[
+        bool | None,
+        typer.Option("--drift/--no-drift", help="send shifted images from midway on"),
+    ] = None,
+    shift: Annotated[
+        str | None, typer.Option("--shift", help="drift mode's shift: invert, brighten, rotate")
+    ] = None,
+    drift_url: Annotated[
+        str | None,
+        typer.Option(
+            "--drift-url",
+            help="drift sidecar that gets true labels on /feedback (default: "
+            "http://127.0.0.1:8095 if it answers and the URL is local)",
+        ),
+    ] = None,
+    feedback_share: Annotated[
+        float | None, typer.Option("--feedback-share", help="share of requests labelled")
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model")] = None,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option("--report-dir", help="HTML, CSV and summary (default runs/loadtest/latest)"),
+    ] = None,
+    slo_p99_ms: Annotated[
+        float | None, typer.Option("--slo-p99-ms", help="p99 of all inference requests")
+    ] = None,
+    slo_error_ratio: Annotated[
+        float | None, typer.Option("--slo-error-ratio", help="failed / all inference requests")
+    ] = None,
+) -> None:
+    """Run locust headless against a model server; exit non-zero when the SLO is broken."""
+    from atelier import loadtest as lt
+
+    settings = lt.load_settings(
+        host=url, host_header=host_header, shape=shape, users=users, spawn_rate=spawn_rate,
+        duration_s=duration, drift=drift, drift_shift=shift, drift_url=drift_url,
+        feedback_share=feedback_share, model=model, report_dir=report_dir,
+        slo_p99_ms=slo_p99_ms, slo_error_ratio=slo_error_ratio,
+    )  # fmt: skip
+    lt.run(settings, echo=typer.echo, find_drift_url=True)
 
 
 @bench_app.command("train")
@@ -318,6 +382,85 @@ def bench_drift(
 
     _ensure_store(store, store.parent)
     run(records, store)
+
+
+@bench_app.command("capacity")
+def bench_capacity(
+    store: Annotated[
+        Path, typer.Option("--store", help="store to serve (made from the smoke config if empty)")
+    ] = Path("runs/bench-serve/store"),
+    out: Annotated[Path, typer.Option("--out", help="where results go")] = Path(
+        "runs/bench-capacity"
+    ),
+    step_seconds: Annotated[
+        float, typer.Option("--step-seconds", min=1.0, help="each step of the ramp")
+    ] = 5.0,
+    connections: Annotated[
+        list[int] | None,
+        typer.Option("--connections", "-c", min=1, help="the ramp (default 1 2 4 ... 256)"),
+    ] = None,
+    slo_p99_ms: Annotated[float, typer.Option("--slo-p99-ms", min=0.001)] = 100.0,
+    utilisation: Annotated[
+        float, typer.Option("--utilisation", min=0.05, max=1.0, help="target share of the knee")
+    ] = 0.6,
+    design_peak_rps: Annotated[
+        float, typer.Option("--design-peak-rps", min=1.0, help="rate maxReplicas is sized for")
+    ] = 5000.0,
+) -> None:
+    """Highest req/s one TorchServe replica holds within the p99 SLO (wrk step ramp)."""
+    from atelier.bench_capacity import DEFAULT_CONNECTIONS
+    from atelier.bench_capacity import bench_capacity as run
+
+    run(store, out, step_seconds, connections or list(DEFAULT_CONNECTIONS), slo_p99_ms,
+        utilisation, design_peak_rps)  # fmt: skip
+
+
+@dashboards_app.command("build")
+def dashboards_build(
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="folder for <uid>.json (default monitoring/grafana/dashboards)"),
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="write nothing; fail naming the files that are stale")
+    ] = False,
+) -> None:
+    """Generate the Grafana dashboard JSON from src/atelier/monitoring/dashboards.py."""
+    from atelier.monitoring import dashboards
+
+    target = out or dashboards.default_out_dir()
+    if check:
+        dashboards.check(target)
+        typer.echo(f"dashboards in {target} are up to date")
+        return
+    for path in dashboards.write(target):
+        typer.echo(f"wrote {path}")
+
+
+@dashboards_app.command("snapshot")
+def dashboards_snapshot(
+    prometheus: Annotated[
+        str, typer.Option("--prometheus", help="Prometheus base URL")
+    ] = "http://127.0.0.1:9090",
+    out: Annotated[Path, typer.Option("--out", help="folder for the PNGs and index.md")] = Path(
+        "runs/dashboard-snapshots"
+    ),
+    range_: Annotated[str, typer.Option("--range", help="time range, e.g. 15m, 1h")] = "15m",
+    step: Annotated[str, typer.Option("--step", help="query resolution, e.g. 15s")] = "15s",
+    model: Annotated[str, typer.Option("--model", help="the $model variable")] = "fashion-mnist",
+    window: Annotated[
+        str, typer.Option("--window", help="the $window variable (drift dashboard)")
+    ] = "last_1000",
+) -> None:
+    """Query every dashboard panel in a live Prometheus and render one PNG per dashboard."""
+    from atelier.monitoring.snapshot import snapshot
+
+    result = snapshot(prometheus, out, range_=range_, step=step, model=model, window=window)
+    for path in [*result.pngs, result.index]:
+        typer.echo(str(path))
+    c = result.counts()
+    typer.echo(f"panels: {c['data']} with data, {c['no data']} no data, {c['error']} query errors")
+    result.raise_for_failures()
 
 
 def main() -> None:

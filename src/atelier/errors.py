@@ -78,6 +78,27 @@ class ServerError(AtelierError):
     kind = "server_error"
 
 
+class TargetUnreachableError(ConfigError):
+    """A URL given as a setting (the load test's host, the drift sidecar) does not answer."""
+
+    kind = "target_unreachable"
+
+
+class LoadTestError(AtelierError):
+    """The load generator (locust) failed to run or wrote no statistics."""
+
+    exit_code = 7
+    kind = "loadtest_failed"
+
+
+class SLOBreachError(LoadTestError):
+    """A load test ran, and its error ratio or p99 latency broke a threshold."""
+
+    http_status = 409
+    exit_code = 8
+    kind = "slo_breach"
+
+
 # --- Serving: every bad request is one of these, answered as
 # {"error": {"type": kind, "message": message}} with http_status. Never a 5xx.
 
@@ -206,3 +227,34 @@ class ReportWriteError(AtelierError):
 
     http_status = 500
     kind = "report_write_failed"
+
+
+# --- monitoring: the local Prometheus/Alertmanager stack
+
+
+class MonitoringError(AtelierError):
+    """Prometheus or Alertmanager cannot be started, configured or queried."""
+
+    exit_code = 9
+    kind = "monitoring_error"
+
+
+class PrometheusUnreachableError(MonitoringError):
+    """A Prometheus URL (`atelier dashboards snapshot --prometheus`) does not answer."""
+
+    http_status = 503
+    kind = "prometheus_unreachable"
+
+
+class DashboardQueryError(MonitoringError):
+    """Prometheus answered but rejected dashboard queries; the message names the panels."""
+
+    http_status = 502
+    kind = "dashboard_query_failed"
+
+
+class StaleDashboardsError(MonitoringError):
+    """Generated dashboard JSON differs from a fresh `atelier dashboards build`."""
+
+    http_status = 409
+    kind = "dashboards_stale"
