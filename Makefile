@@ -7,7 +7,7 @@ STAMP := $(VENV)/.setup-done
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt scripts/setup.sh
+$(STAMP): pyproject.toml constraints.txt constraints-tools.txt scripts/setup.sh
 	bash scripts/setup.sh
 	touch $(STAMP)
 

