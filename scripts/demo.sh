@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# make demo: smoke training -> archive into the model store -> TorchServe -> classify real
-# test images with curl over raw, multipart, KServe v1 and v2 -> stop. Every step is the
-# real component, on 127.0.0.1.
+# make demo: smoke training -> archive into the model store -> TorchServe -> Prometheus and
+# Alertmanager -> classify real test images with curl over raw, multipart, KServe v1 and v2
+# -> drift sidecar, clean then shifted traffic -> alerts -> dashboard snapshots -> stop.
+# Every step is the real component, on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -9,6 +10,9 @@ PORT=${ATELIER_PORT:-8085}
 MGMT_PORT=${ATELIER_MANAGEMENT_PORT:-8081}
 METRICS_PORT=${ATELIER_METRICS_PORT:-8082}
 DRIFT_PORT=${ATELIER_DRIFT_PORT:-8095}
+PROM_PORT=${ATELIER_PROMETHEUS_PORT:-9090}
+AM_PORT=${ATELIER_ALERTMANAGER_PORT:-9093}
+WEBHOOK_PORT=${ATELIER_WEBHOOK_PORT:-9099}
 SPOOL="$PWD/runs/demo-spool"  # absolute: TorchServe runs in its own folder
 RUN=runs/demo-smoke
 
@@ -29,7 +33,9 @@ ATELIER_SPOOL_DIR="$SPOOL" $BIN/atelier serve --store model-store --port "$PORT"
   --metrics-port "$METRICS_PORT" --run-dir runs/demo-torchserve > runs/demo-serve.log 2>&1 &
 SERVE_PID=$!
 DRIFT_PID=""
+MON_PID=""
 cleanup() {
+  [ -n "$MON_PID" ] && kill -TERM "$MON_PID" 2>/dev/null && wait "$MON_PID" 2>/dev/null
   [ -n "$DRIFT_PID" ] && kill -TERM "$DRIFT_PID" 2>/dev/null && wait "$DRIFT_PID" 2>/dev/null
   kill -TERM $SERVE_PID 2>/dev/null || true; wait $SERVE_PID 2>/dev/null || true
 }
@@ -41,6 +47,21 @@ for _ in $(seq 1 240); do
 done
 grep -q '^ready' runs/demo-serve.log || { echo "TorchServe did not get ready"; cat runs/demo-serve.log; exit 1; }
 cat runs/demo-serve.log
+
+step "start Prometheus (:$PROM_PORT) and Alertmanager (:$AM_PORT) with monitoring/"
+# Short intervals so the demo's alerts fire within its run; the rules are monitoring/'s own.
+rm -rf runs/demo-monitoring
+$BIN/atelier monitoring up --torchserve "127.0.0.1:$METRICS_PORT" --drift "127.0.0.1:$DRIFT_PORT" \
+  --prometheus-port "$PROM_PORT" --alertmanager-port "$AM_PORT" --webhook-port "$WEBHOOK_PORT" \
+  --scrape-interval 2s --evaluation-interval 2s --group-wait 2s --group-interval 10s \
+  --run-dir runs/demo-monitoring > runs/demo-monitoring.log 2>&1 &
+MON_PID=$!
+for _ in $(seq 1 120); do
+  grep -q '^ready' runs/demo-monitoring.log 2>/dev/null && break
+  kill -0 $MON_PID 2>/dev/null || { cat runs/demo-monitoring.log; exit 1; }
+  sleep 0.5
+done
+cat runs/demo-monitoring.log
 
 step "classify Fashion-MNIST test images with curl: raw PNG bodies"
 $BIN/atelier samples --out runs/samples --n 8 >/dev/null
@@ -129,6 +150,38 @@ step "shifted traffic: the next 1,024 test images, inverted"
 $BIN/atelier send --url "$URL" --n 1024 --offset 1024 --shift invert
 drift_gauges 1000 drift
 echo "  Evidently report: runs/demo-drift/reports/latest.html (and latest.json); list: curl http://127.0.0.1:$DRIFT_PORT/reports"
+
+step "load test: locust headless for 20 s (raw PNG, KServe v1 and v2, singles and batches; true labels to the drift sidecar; inverted images from 10 s on)"
+$BIN/atelier loadtest "$URL" --drift-url "http://127.0.0.1:$DRIFT_PORT" --users 4 --duration 20 --drift --report-dir runs/demo-loadtest
+
+step "alerts: the inverted images raise DriftDetected (for: 1m) -- waiting for it to fire"
+for _ in $(seq 1 60); do
+  $BIN/python -c 'import json, sys, urllib.request
+alerts = json.load(urllib.request.urlopen(sys.argv[1]))["data"]["alerts"]
+sys.exit(not any(a["labels"]["alertname"] == "DriftDetected" and a["state"] == "firing" for a in alerts))' \
+    "http://127.0.0.1:$PROM_PORT/api/v1/alerts" && break
+  sleep 2
+done
+$BIN/atelier monitoring alerts --prometheus "http://127.0.0.1:$PROM_PORT" --alertmanager "http://127.0.0.1:$AM_PORT"
+for _ in $(seq 1 15); do [ -s runs/demo-monitoring/webhook.jsonl ] && break; sleep 1; done
+echo "  notifications Alertmanager sent to the webhook receiver (runs/demo-monitoring/webhook.jsonl):"
+$BIN/python - <<'PY'
+import json, pathlib
+path = pathlib.Path("runs/demo-monitoring/webhook.jsonl")
+for line in (path.read_text().splitlines() if path.exists() else []):
+    n = json.loads(line)
+    for a in n["payload"]["alerts"]:
+        labels = a["labels"]
+        print(f"  -> /alerts/{n['receiver']:<7} {a['status']:<8} {labels['alertname']} "
+              f"severity={labels.get('severity')} window={labels.get('window', '-')}")
+PY
+
+step "dashboard snapshots: every panel queried from Prometheus and drawn to PNG"
+$BIN/atelier dashboards snapshot --prometheus "http://127.0.0.1:$PROM_PORT" --out runs/demo-dashboards --range 10m
+
+step "stop Prometheus and Alertmanager (pid $MON_PID)"
+kill -TERM "$MON_PID"; wait "$MON_PID" || true
+MON_PID=""
 
 step "stop the drift sidecar (pid $DRIFT_PID)"
 kill -TERM "$DRIFT_PID"; wait "$DRIFT_PID" || true

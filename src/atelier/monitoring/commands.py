@@ -118,6 +118,6 @@ def alerts(
         table.add_column(column)
     for row in _alert_rows(prom_alerts, am_alerts):
         table.add_row(*row)
-    Console().print(table)
+    Console(width=140).print(table)
     if not prom_alerts:
         typer.echo("no alerts pending or firing")
