@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
 from atelier.archive import ArchiveResult
-from atelier.data.idx import load_fashion_mnist
 from atelier.drift.launcher import DriftSidecar, SidecarSettings
 from atelier.preprocess import encode_png
 from atelier.serving.torchserve import TorchServe, TorchServeSettings
@@ -21,12 +19,6 @@ pytestmark = pytest.mark.integration
 
 MODEL = "fashion-mnist"
 SHORT = "last_1000"
-
-
-@pytest.fixture(scope="module")
-def test_set(fashion_mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    data = load_fashion_mnist(fashion_mnist_dir)
-    return data["test_x"], data["test_y"]
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +93,8 @@ def test_ready_and_health(stack: dict) -> None:
     assert sidecar.metric("atelier_drift_reference_info", model_version="1") == 1
 
 
-def test_held_out_images_are_not_drift(stack: dict, test_set) -> None:
-    x, _ = test_set
+def test_held_out_images_are_not_drift(stack: dict, test_images) -> None:
+    x, _ = test_images
     sidecar = current(stack)
     before = sidecar.metric("atelier_drift_records_ingested_total")
     send_v2(stack["ts"], x[:1024], stack["sent"])
@@ -120,8 +112,8 @@ def test_held_out_images_are_not_drift(stack: dict, test_set) -> None:
     assert html.status_code == 200 and "<html" in html.text.lower()
 
 
-def test_inverted_images_are_drift(stack: dict, test_set) -> None:
-    x, _ = test_set
+def test_inverted_images_are_drift(stack: dict, test_images) -> None:
+    x, _ = test_images
     sidecar = current(stack)
     send_v2(stack["ts"], 255 - x[1024:2048], stack["sent"])
     sent = stack["sent"][0]
@@ -154,8 +146,8 @@ def test_bad_input_and_feedback_errors(stack: dict) -> None:
     assert requests.get(f"{sidecar.url}/healthz", timeout=5).status_code == 200
 
 
-def test_feedback_gives_live_accuracy(stack: dict, test_set) -> None:
-    x, y = test_set
+def test_feedback_gives_live_accuracy(stack: dict, test_images) -> None:
+    x, y = test_images
     sidecar = current(stack)
     ts = stack["ts"]
     ids, preds = [], []
@@ -202,8 +194,8 @@ def test_feedback_gives_live_accuracy(stack: dict, test_set) -> None:
     assert sidecar.metric("atelier_drift_severity", window=SHORT) == 2
 
 
-def test_restart_mid_stream_loses_and_repeats_nothing(stack: dict, test_set) -> None:
-    x, _ = test_set
+def test_restart_mid_stream_loses_and_repeats_nothing(stack: dict, test_images) -> None:
+    x, _ = test_images
     sidecar = current(stack)
     wait_for(
         lambda: sidecar.metric("atelier_drift_records_ingested_total") >= stack["sent"][0],

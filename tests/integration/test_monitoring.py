@@ -9,22 +9,19 @@ in order, as one story: traffic, an error flood, the server stopped, recovery.
 from __future__ import annotations
 
 import base64
-import io
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import requests
-from PIL import Image
 
 from atelier.archive import ArchiveResult
-from atelier.data.idx import load_fashion_mnist
 from atelier.drift.launcher import DriftSidecar, SidecarSettings
 from atelier.monitoring.dashboards import build_all, expand, panel_queries
 from atelier.monitoring.stack import MonitoringStack, StackSettings, wait_until
+from atelier.preprocess import encode_png
 from atelier.serving.torchserve import TorchServe, TorchServeSettings
 
 pytestmark = pytest.mark.integration
@@ -32,18 +29,6 @@ pytestmark = pytest.mark.integration
 MODEL = "fashion-mnist"
 SHORT, LONG = 300, 600  # drift windows, small so recovery takes a few hundred images
 ALERT_WAIT = 150.0  # an alert's `for` (1m) + evaluation + grouping, with room for a busy machine
-
-
-def png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image.reshape(28, 28)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def images(fashion_mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    data = load_fashion_mnist(fashion_mnist_dir)
-    return data["test_x"], data["test_y"]
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +75,7 @@ def classify_v2(live: dict, images: np.ndarray, request_id: str) -> None:
     ts: TorchServe = live["ts"]
     for start in range(0, len(images), 32):
         chunk = images[start : start + 32]
-        data = [base64.b64encode(png(img)).decode() for img in chunk]
+        data = [base64.b64encode(encode_png(img)).decode() for img in chunk]
         body = {"id": f"{request_id}-{start}",
                 "inputs": [{"name": "images", "shape": [len(data)], "datatype": "BYTES",
                             "data": data}]}  # fmt: skip
@@ -145,18 +130,18 @@ def test_targets_are_up_and_every_rule_evaluates(live: dict) -> None:
     assert not bad
 
 
-def test_every_dashboard_target_returns_a_series(live: dict, images) -> None:
-    x, y = images
+def test_every_dashboard_target_returns_a_series(live: dict, test_images) -> None:
+    x, y = test_images
     ts: TorchServe = live["ts"]
     # Good traffic over every protocol, bad traffic (4xx), and labels for live accuracy.
     for i in range(20):
-        r = requests.post(f"{ts.inference_url}/predictions/{MODEL}", data=png(x[i]),
+        r = requests.post(f"{ts.inference_url}/predictions/{MODEL}", data=encode_png(x[i]),
                           headers={"Content-Type": "image/png"}, timeout=30)  # fmt: skip
         assert r.status_code == 200
         r = requests.post(f"{ts.inference_url}/predictions/{MODEL}", data=b"not an image",
                           headers={"Content-Type": "image/png"}, timeout=30)  # fmt: skip
         assert r.status_code == 400
-    body = {"instances": [{"b64": base64.b64encode(png(x[0])).decode()}]}
+    body = {"instances": [{"b64": base64.b64encode(encode_png(x[0])).decode()}]}
     assert requests.post(f"{ts.inference_url}/v1/models/{MODEL}:predict", json=body,
                          timeout=30).status_code == 200  # fmt: skip
     classify_v2(live, x[:LONG], "clean")
@@ -186,8 +171,8 @@ def test_every_dashboard_target_returns_a_series(live: dict, images) -> None:
         pytest.fail("targets without a series:\n" + "\n".join(left))
 
 
-def test_shifted_images_raise_drift_detected(live: dict, images) -> None:
-    x, _ = images
+def test_shifted_images_raise_drift_detected(live: dict, test_images) -> None:
+    x, _ = test_images
     classify_v2(live, 255 - x[LONG : LONG + LONG], "shifted")
     prom = live["stack"].prom
     firing = wait_until(lambda: prom.firing("DriftDetected"), ALERT_WAIT, "DriftDetected firing")
@@ -215,7 +200,7 @@ def test_shifted_images_raise_drift_detected(live: dict, images) -> None:
         assert a["receiver"] == "page"
 
 
-def test_error_flood_pages_through_the_page_receiver(live: dict, images) -> None:
+def test_error_flood_pages_through_the_page_receiver(live: dict, test_images) -> None:
     ts: TorchServe = live["ts"]
     # No workers: TorchServe answers 503 itself, counted in Requests5XX.
     r = requests.put(
@@ -223,7 +208,7 @@ def test_error_flood_pages_through_the_page_receiver(live: dict, images) -> None
         timeout=60,
     )
     assert r.status_code == 200, r.text
-    image = png(images[0][0])
+    image = encode_png(test_images[0][0])
     codes = []
     # Spread over a few scrapes: TorchServe creates Requests5XX at the first 5xx, and rate()
     # counts increases from the first sample it sees, not the value a series starts at.
@@ -285,13 +270,13 @@ def test_stopped_server_pages_and_inhibits_its_error_and_latency_alerts(live: di
     assert not webhook_alerts(live, "HighLatencyP99", "firing")
 
 
-def test_every_alert_resolves_after_recovery(live: dict, images) -> None:
-    x, _ = images
+def test_every_alert_resolves_after_recovery(live: dict, test_images) -> None:
+    x, _ = test_images
     stack: MonitoringStack = live["stack"]
     live["ts"] = TorchServe(live["ts_settings"]).__enter__()  # same ports, same store
     ts: TorchServe = live["ts"]
     # Enough good requests that the errors fall under 6x the budget in the 30m window too.
-    image = png(x[1])
+    image = encode_png(x[1])
     session = requests.Session()
     for _ in range(4000):
         r = session.post(f"{ts.inference_url}/predictions/{MODEL}", data=image,

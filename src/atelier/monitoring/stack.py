@@ -200,28 +200,62 @@ def write_targets(settings: StackSettings) -> None:
 # --- processes
 
 
-class Prometheus(ServerProcess):
-    label = "Prometheus"
-    log_file = "prometheus.out"
+class _ConfiguredProcess(ServerProcess):
+    """A Debian-packaged server that reads one rendered config file and has /-/ready."""
+
+    binary = ""
+    apt_package = ""
+    config_name = ""
 
     def __init__(self, settings: StackSettings) -> None:
         super().__init__(settings.run_dir, settings.model, settings.ready_timeout_s)
         self.s = settings
         self.subject = "the web API"
-        self.config_path = settings.run_dir / "prometheus.yml"
+        self.config_path = settings.run_dir / self.config_name
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    def render(self) -> dict[str, Any]:
+        raise NotImplementedError
 
     def check_can_start(self) -> None:
-        if shutil.which("prometheus") is None:
+        if shutil.which(self.binary) is None:
             raise MonitoringError(
-                "prometheus is not installed", hint="run make setup (apt-get install prometheus)"
+                f"{self.binary} is not installed",
+                hint=f"run make setup (apt-get install {self.apt_package})",
             )
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(self.render()))
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def is_ready(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/-/ready", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+
+class Prometheus(_ConfiguredProcess):
+    label = "Prometheus"
+    log_file = "prometheus.out"
+    binary = apt_package = "prometheus"
+    config_name = "prometheus.yml"
+
+    @property
+    def url(self) -> str:
+        return self.s.prometheus_url
+
+    def render(self) -> dict[str, Any]:
         write_targets(self.s)
-        self.config_path.write_text(yaml.safe_dump(render_prometheus_config(self.s)))
+        return render_prometheus_config(self.s)
 
     def command(self) -> list[str]:
         return [
-            "prometheus",
+            self.binary,
             f"--config.file={self.config_path}",
             f"--storage.tsdb.path={self.run_dir / 'prometheus-data'}",
             f"--web.listen-address={self.s.host}:{self.s.prometheus_port}",
@@ -229,53 +263,29 @@ class Prometheus(ServerProcess):
             "--log.level=warn",
         ]
 
-    def environment(self) -> dict[str, str]:
-        return dict(os.environ)
 
-    def is_ready(self) -> bool:
-        try:
-            return requests.get(f"{self.s.prometheus_url}/-/ready", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-
-class Alertmanager(ServerProcess):
+class Alertmanager(_ConfiguredProcess):
     label = "Alertmanager"
     log_file = "alertmanager.out"
+    binary = apt_package = "prometheus-alertmanager"
+    config_name = "alertmanager.yml"
 
-    def __init__(self, settings: StackSettings) -> None:
-        super().__init__(settings.run_dir, settings.model, settings.ready_timeout_s)
-        self.s = settings
-        self.subject = "the web API"
-        self.config_path = settings.run_dir / "alertmanager.yml"
+    @property
+    def url(self) -> str:
+        return self.s.alertmanager_url
 
-    def check_can_start(self) -> None:
-        if shutil.which("prometheus-alertmanager") is None:
-            raise MonitoringError(
-                "prometheus-alertmanager is not installed",
-                hint="run make setup (apt-get install prometheus-alertmanager)",
-            )
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(yaml.safe_dump(render_alertmanager_config(self.s)))
+    def render(self) -> dict[str, Any]:
+        return render_alertmanager_config(self.s)
 
     def command(self) -> list[str]:
         return [
-            "prometheus-alertmanager",
+            self.binary,
             f"--config.file={self.config_path}",
             f"--storage.path={self.run_dir / 'alertmanager-data'}",
             f"--web.listen-address={self.s.host}:{self.s.alertmanager_port}",
             "--cluster.listen-address=",  # one instance: no gossip port on 0.0.0.0
             "--log.level=warn",
         ]
-
-    def environment(self) -> dict[str, str]:
-        return dict(os.environ)
-
-    def is_ready(self) -> bool:
-        try:
-            return requests.get(f"{self.s.alertmanager_url}/-/ready", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
 
 
 class WebhookReceiver:
