@@ -27,6 +27,10 @@ dashboards_app = typer.Typer(
     no_args_is_help=True, help="Grafana dashboards as code: build the JSON, snapshot to PNG."
 )
 app.add_typer(dashboards_app, name="dashboards")
+chart_app = typer.Typer(
+    no_args_is_help=True, help="The Helm chart: sync its copies of monitoring/."
+)
+app.add_typer(chart_app, name="chart")
 
 DEFAULT_STORE = Path("model-store")
 
@@ -461,6 +465,26 @@ def dashboards_snapshot(
     c = result.counts()
     typer.echo(f"panels: {c['data']} with data, {c['no data']} no data, {c['error']} query errors")
     result.raise_for_failures()
+
+
+@chart_app.command("sync")
+def chart_sync(
+    check: Annotated[
+        bool, typer.Option("--check", help="write nothing; fail naming the copies that are stale")
+    ] = False,
+) -> None:
+    """Copy monitoring/ rules, routes and dashboards into charts/atelier/files/."""
+    from atelier import chart
+
+    if check:
+        chart.check()
+        typer.echo("the chart's copies of monitoring/ are up to date")
+        return
+    written = chart.sync()
+    for path in written:
+        typer.echo(f"wrote {path}")
+    if not written:
+        typer.echo("the chart's copies of monitoring/ are up to date")
 
 
 def main() -> None:
