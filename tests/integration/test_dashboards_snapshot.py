@@ -23,10 +23,7 @@ from atelier.monitoring import dashboards
 from atelier.monitoring.snapshot import snapshot
 from atelier.serving.process import free_port
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed"),
-]
+pytestmark = pytest.mark.integration
 
 MODEL = "fashion-mnist"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -35,6 +32,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Prometheus scraping itself every second; stopped by its PID."""
+    exe = shutil.which("prometheus")
+    assert exe, "prometheus is not installed: run make setup"
     base = tmp_path_factory.mktemp("prometheus")
     port = free_port()
     config = base / "prometheus.yml"
@@ -47,7 +46,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = (base / "prometheus.log").open("wb")
     proc = subprocess.Popen(
         [
-            shutil.which("prometheus") or "prometheus",
+            exe,
             f"--config.file={config}",
             f"--storage.tsdb.path={base / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
