@@ -40,6 +40,30 @@ SHIFTS = {
     "rotate 90": lambda x: np.rot90(x, k=1, axes=(2, 3)).copy(),
 }
 MIXES = (50, 100, 150, 200, 300, 400, 500, 700, 1000)
+# Clean held-out windows per window size for the false-positive rows: the sizes the
+# integration tests (300, 600) and the chart (1,000, 10,000) use. Windows smaller than the
+# test set are random subsets of it; 10,000 are bootstrap resamples of all of it.
+FP_WINDOWS = {300: 100, 600: 100, 1000: 100, 10_000: 20}
+
+
+def false_positives(
+    reference: Any, clean: Any, methods: DriftMethods, seed: int = 0
+) -> list[dict[str, int]]:
+    """Per window size: how many clean windows were graded not ok, and by which statistic."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for size, count in FP_WINDOWS.items():
+        row = {"window": size, "windows": count, "not_ok": 0, "dataset_drift": 0,
+               "confidence": 0, "class_mix": 0}  # fmt: skip
+        for _ in range(count):
+            idx = rng.choice(len(clean), size, replace=size >= len(clean))
+            r = run_drift(reference, clean.iloc[idx], methods, with_html=False)
+            row["not_ok"] += r.severity != "ok"
+            row["dataset_drift"] += r.dataset_drift
+            row["confidence"] += r.confidence_severity != "ok"
+            row["class_mix"] += r.class_severity != "ok"
+        rows.append(row)
+    return rows
 
 
 def sidecar_rss(spool_dir: Path, store: Path, run_dir: Path, expected: int) -> float:
@@ -103,7 +127,8 @@ def detection(store: Path, work: Path) -> dict[str, Any]:
                 needed[name] = k
                 break
     return {"windows": len(windows), "fp_dataset_drift": fp_drift, "fp_not_ok": fp_severity,
-            "needed": needed}  # fmt: skip
+            "needed": needed, "false_positives": false_positives(ref.profile, clean, methods),
+            "reference_rows": len(ref.profile)}  # fmt: skip
 
 
 def bench_drift(records: int = 100_000, store: Path | None = None) -> dict[str, float]:
@@ -151,6 +176,9 @@ def bench_drift(records: int = 100_000, store: Path | None = None) -> dict[str, 
         result["sidecar_rss_mb"] = sidecar_rss(work / "spool", store, work / "sidecar", total)
         det = detection(store, work)
         result["fp_dataset_drift"] = det["fp_dataset_drift"]
+        result["fp_not_ok_by_window"] = {
+            str(f["window"]): f["not_ok"] for f in det["false_positives"]
+        }
     table = Table(title="atelier bench drift (in-process, one run)")
     for col in ("measure", "value", "target"):
         table.add_column(col)
@@ -182,6 +210,14 @@ def bench_drift(records: int = 100_000, store: Path | None = None) -> dict[str, 
             f"{det['fp_dataset_drift']} dataset drift, {det['fp_not_ok']} not ok",
             "0 (no drift declared)",
         )
+        for fp in det["false_positives"]:
+            table.add_row(
+                f"clean held-out windows of {fp['window']:,} graded not ok "
+                f"(of {fp['windows']}; reference {det['reference_rows']:,} rows)",
+                f"{fp['not_ok']} ({fp['dataset_drift']} dataset drift, {fp['confidence']} "
+                f"confidence, {fp['class_mix']} class mix)",
+                "0",
+            )
         for name, k in det["needed"].items():
             table.add_row(f"shifted records in a 1,000 window to declare drift: {name}",
                           "not within 1,000" if k is None else f"{k}", "within 1,000")  # fmt: skip

@@ -16,9 +16,11 @@ from atelier.drift.report import (
     DriftMethods,
     NotEnoughDataError,
     class_distribution,
+    class_mix_p_value,
     confidence_zscore,
     grade,
     max_severity,
+    min_severity,
     run_drift,
 )
 from atelier.features import ALL_FEATURES
@@ -191,7 +193,11 @@ def test_confidence_zscore() -> None:
     ref = [0.8, 0.9, 1.0, 0.9, 0.8, 1.0]  # mean 0.9, std (ddof=1) ~0.0894
     cur = [0.8] * 16
     z = confidence_zscore(ref, cur)
-    assert z == pytest.approx((0.8 - 0.9) / (np.std(ref, ddof=1) / 4.0))
+    # Welch: the constant window adds no error; the 6-row reference's own error counts.
+    assert z == pytest.approx((0.8 - 0.9) / (np.std(ref, ddof=1) / np.sqrt(6)))
+    cur2 = [0.7, 0.8, 0.9, 0.8]
+    se = np.sqrt(np.var(ref, ddof=1) / 6 + np.var(cur2, ddof=1) / 4)
+    assert confidence_zscore(ref, cur2) == pytest.approx((0.8 - 0.9) / se)
     assert confidence_zscore([0.9] * 5, [0.9] * 5) == 0.0
     assert confidence_zscore([0.9] * 5, [0.8] * 5) == float("-inf")
     assert confidence_zscore([], [0.8]) == 0.0
@@ -208,6 +214,70 @@ def test_class_distribution() -> None:
         class_distribution([], [1], 2)
 
 
+def test_a_big_window_against_a_small_reference_is_not_over_certain() -> None:
+    """The same half-point confidence gap: against a 1,200-row reference, a window of 10,000
+    cannot be more certain than the reference allows."""
+    rng = np.random.default_rng(3)
+    ref = np.clip(rng.normal(0.815, 0.2, 1200), 0, 1)
+    cur = np.clip(rng.normal(0.810, 0.2, 10_000), 0, 1)
+    z = confidence_zscore(ref, cur)
+    assert abs(z) < 3
+    only_window_error = (cur.mean() - ref.mean()) / (ref.std(ddof=1) / np.sqrt(cur.size))
+    assert abs(z) < abs(only_window_error) / 2
+
+
+def test_confidence_needs_both_a_significant_and_a_large_shift(reference: pd.DataFrame) -> None:
+    """A one-point drop over 10,000 rows is significant but not worth a ticket; a
+    ten-point drop is both."""
+    tiny = synth(10_000, seed=11, confidence_drop=0.01)
+    result = run_drift(reference, tiny, DriftMethods(), with_html=False)
+    assert abs(result.confidence_z) >= 3
+    assert abs(result.confidence_shift) < DriftMethods().confidence_shift_warning
+    assert result.confidence_severity == "ok"
+    large = run_drift(reference, synth(1000, seed=12, confidence_drop=0.1), DriftMethods(),
+                      with_html=False)  # fmt: skip
+    assert large.confidence_shift < -0.05 and large.confidence_z <= -6
+    assert large.confidence_severity == "critical"
+    assert large.summary()["confidence_shift"] == pytest.approx(large.confidence_shift)
+
+
+def test_class_mix_p_value() -> None:
+    rng = np.random.default_rng(5)
+    same_a, same_b = rng.integers(0, 10, 1200), rng.integers(0, 10, 300)
+    assert class_mix_p_value(same_a, same_b, 10) > 0.001
+    shifted = np.where(rng.random(300) < 0.5, 3, rng.integers(0, 10, 300))
+    assert class_mix_p_value(same_a, shifted, 10) < 1e-6
+    assert class_mix_p_value([0, 0, 0], [0, 0], 10) == 1.0  # one class on both sides
+    assert class_mix_p_value([0, 1], [99, -1], 2) == 1.0  # nothing valid on one side
+
+
+def test_class_mix_sampling_noise_in_a_small_window_is_not_graded() -> None:
+    """300 rows against 1,200 of the same mix: the JS distance alone is often above the
+    warning (about 0.07 on average); the test of homogeneity keeps it from being graded."""
+    graded = 0
+    over_warning = 0
+    methods = DriftMethods()
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        ref, cur = rng.integers(0, 10, 1200), rng.integers(0, 10, 300)
+        js, _, _ = class_distribution(ref, cur, 10)
+        over_warning += js >= methods.class_js_warning
+        graded += js >= methods.class_js_warning and (
+            class_mix_p_value(ref, cur, 10) <= methods.class_alpha
+        )
+    assert over_warning >= 4  # the false positives the distance alone would raise
+    assert graded == 0
+
+
+def test_a_real_class_shift_in_a_small_window_is_graded(reference: pd.DataFrame) -> None:
+    probs = [0.5] + [0.5 / 9] * 9
+    result = run_drift(reference, synth(300, seed=9, class_probs=probs), DriftMethods(),
+                       with_html=False)  # fmt: skip
+    assert result.class_mix_p_value < 1e-6
+    assert result.class_severity in ("warning", "critical")
+    assert result.summary()["class_mix_p_value"] == pytest.approx(result.class_mix_p_value)
+
+
 def test_grade_and_severity() -> None:
     assert grade(2.9, 3.0, 6.0) == "ok"
     assert grade(-3.0, 3.0, 6.0) == "warning"
@@ -215,4 +285,6 @@ def test_grade_and_severity() -> None:
     assert grade(float("-inf"), 3.0, 6.0) == "critical"
     assert max_severity("ok", "critical", "warning") == "critical"
     assert max_severity() == "ok"
+    assert min_severity("critical", "warning") == "warning"
+    assert min_severity("critical", "ok") == "ok"
     assert SEVERITY_LEVEL == {"ok": 0, "warning": 1, "critical": 2}
