@@ -9,13 +9,16 @@ in order, as one story: traffic, an error flood, the server stopped, recovery.
 from __future__ import annotations
 
 import base64
+import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import requests
+import yaml
 
 from atelier.archive import ArchiveResult
 from atelier.drift.launcher import DriftSidecar, SidecarSettings
@@ -28,7 +31,46 @@ pytestmark = pytest.mark.integration
 
 MODEL = "fashion-mnist"
 SHORT, LONG = 300, 600  # drift windows, small so recovery takes a few hundred images
-ALERT_WAIT = 150.0  # an alert's `for` (1m) + evaluation + grouping, with room for a busy machine
+ALERTS_FILE = Path(__file__).resolve().parents[2] / "monitoring/prometheus/rules/alerts.yml"
+
+# The stack's timings (seconds), given to the processes below and used to derive every wait.
+SCRAPE = EVALUATION = GROUP_WAIT = GROUP_INTERVAL = 1.0
+REPORT_EVERY = 1.0  # the drift sidecar reports at least this often (and every 100 records)
+# What a loaded 2-core machine adds to a chain of scrape -> rule -> alert -> notification:
+# one Evidently report cycle over every window (a few seconds, more with a busy core), a
+# slow scrape, TorchServe answering late. Counted in evaluation intervals.
+SLACK = 60 * EVALUATION
+
+
+def _seconds(duration: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    parts = re.findall(r"(\d+)(ms|s|m|h|d)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(int(n) * units[u] for n, u in parts)
+
+
+def alert_for(name: str) -> float:
+    """The longest `for` of the rules named `name` in monitoring/prometheus/rules/alerts.yml."""
+    groups = yaml.safe_load(ALERTS_FILE.read_text())["groups"]
+    fors = [
+        _seconds(rule.get("for", "0s"))
+        for group in groups
+        for rule in group["rules"]
+        if rule.get("alert") == name
+    ]
+    assert fors, f"no alert {name} in {ALERTS_FILE}"
+    return max(fors)
+
+
+def fire_wait(*names: str) -> float:
+    """From the condition becoming true to the alert at the webhook: the sidecar's report,
+    a scrape, the rule's evaluation, its `for`, Alertmanager's grouping, plus the slack."""
+    longest = max(alert_for(n) for n in names)
+    return REPORT_EVERY + SCRAPE + 2 * EVALUATION + longest + GROUP_WAIT + GROUP_INTERVAL + SLACK
+
+
+# Resolving has no `for` in Prometheus 2.42: the next report, scrape and evaluation, the slack.
+RESOLVE_WAIT = REPORT_EVERY + SCRAPE + 2 * EVALUATION + GROUP_INTERVAL + SLACK
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +85,7 @@ def live(smoke_store: ArchiveResult, tmp_path_factory: pytest.TempPathFactory) -
     drift = DriftSidecar(
         SidecarSettings(
             spool_dir=spool, store=store, run_dir=base / "drift",
-            report_every_records=100, report_every_seconds=1.0,
+            report_every_records=100, report_every_seconds=REPORT_EVERY,
             extra_env={"ATELIER_DRIFT_WINDOW_SHORT": str(SHORT),
                        "ATELIER_DRIFT_WINDOW_LONG": str(LONG)},
         )
@@ -53,8 +95,9 @@ def live(smoke_store: ArchiveResult, tmp_path_factory: pytest.TempPathFactory) -
             run_dir=base / "stack", model=MODEL,
             torchserve=[f"127.0.0.1:{ts_settings.metrics_port}"],
             drift=[f"127.0.0.1:{drift.s.port}"],
-            scrape_interval="1s", evaluation_interval="1s", resend_delay="1s",
-            group_wait="1s", group_interval="1s", repeat_interval="1h",
+            scrape_interval=f"{SCRAPE:g}s", evaluation_interval=f"{EVALUATION:g}s",
+            resend_delay="1s", group_wait=f"{GROUP_WAIT:g}s",
+            group_interval=f"{GROUP_INTERVAL:g}s", repeat_interval="1h",
         )
     )  # fmt: skip
     state: dict[str, Any] = {"ts": TorchServe(ts_settings), "drift": drift, "stack": stack,
@@ -175,7 +218,9 @@ def test_shifted_images_raise_drift_detected(live: dict, test_images) -> None:
     x, _ = test_images
     classify_v2(live, 255 - x[LONG : LONG + LONG], "shifted")
     prom = live["stack"].prom
-    firing = wait_until(lambda: prom.firing("DriftDetected"), ALERT_WAIT, "DriftDetected firing")
+    firing = wait_until(
+        lambda: prom.firing("DriftDetected"), fire_wait("DriftDetected"), "DriftDetected firing"
+    )
     windows = {a["labels"]["window"] for a in firing}
     assert windows & {f"last_{SHORT}", f"last_{LONG}"}
     assert all(a["labels"]["severity"] == "ticket" for a in firing)
@@ -191,7 +236,7 @@ def test_shifted_images_raise_drift_detected(live: dict, test_images) -> None:
             webhook_alerts(live, "DriftDetected", "firing")
             or webhook_alerts(live, "DriftCritical", "firing")
         ),
-        ALERT_WAIT,
+        fire_wait("DriftDetected", "DriftCritical"),
         "a drift notification at the webhook",
     )
     for a in webhook_alerts(live, "DriftDetected", "firing"):
@@ -228,7 +273,7 @@ def test_error_flood_pages_through_the_page_receiver(live: dict, test_images) ->
     )
     paged = wait_until(
         lambda: webhook_alerts(live, "ErrorBudgetBurn", "firing"),
-        ALERT_WAIT,
+        fire_wait("ErrorBudgetBurn"),
         "ErrorBudgetBurn at the webhook",
     )
     alert = paged[0]
@@ -245,7 +290,7 @@ def test_stopped_server_pages_and_inhibits_its_error_and_latency_alerts(live: di
     live["ts"].stop()
     down = wait_until(
         lambda: webhook_alerts(live, "ModelServerDown", "firing"),
-        ALERT_WAIT,
+        fire_wait("ModelServerDown"),
         "ModelServerDown at the webhook",
     )
     assert down[0]["receiver"] == "page"
@@ -287,24 +332,49 @@ def test_every_alert_resolves_after_recovery(live: dict, test_images) -> None:
 
     names = ("ModelServerDown", "ErrorBudgetBurn", "DriftDetected", "DriftCritical")
 
-    def quiet() -> list[str]:
+    def still_firing() -> list[str]:
         return [
-            a["labels"]["alertname"]
+            f"{a['labels']['alertname']} {describe(a['labels'])} value {a.get('value')}"
             for a in stack.prom.firing()
             if a["labels"]["alertname"] in names
         ]
 
-    wait_until(lambda: not quiet(), 180, "no firing serving or drift alert")
+    left: list[str] = []
+    deadline = time.monotonic() + RESOLVE_WAIT
+    while time.monotonic() < deadline:
+        left = still_firing()
+        if not left:
+            break
+        time.sleep(EVALUATION)
+    assert not left, (
+        f"still firing {RESOLVE_WAIT:.0f}s after recovery (good traffic and clean images):\n"
+        + "\n".join(left)
+        + f"\nlatest drift report: {latest_report(live)}"
+    )
     for name in ("ModelServerDown", "ErrorBudgetBurn"):
         wait_until(
             lambda n=name: webhook_alerts(live, n, "resolved"),
-            60,
+            RESOLVE_WAIT,
             f"{name} resolved at the webhook",
         )
     fired = {a["labels"]["alertname"] for a in stack.webhook.alerts() if a["status"] == "firing"}
     for name in {"DriftDetected", "DriftCritical"} & fired:
         wait_until(
             lambda n=name: webhook_alerts(live, n, "resolved"),
-            60,
+            RESOLVE_WAIT,
             f"{name} resolved at the webhook",
         )
+
+
+def describe(labels: dict[str, str]) -> str:
+    shown = {k: v for k, v in sorted(labels.items()) if k not in {"alertname", "model"}}
+    return "{" + ", ".join(f'{k}="{v}"' for k, v in shown.items()) + "}"
+
+
+def latest_report(live: dict) -> str:
+    """The sidecar's grades per window, for a failure message."""
+    try:
+        r = requests.get(f"{live['drift'].url}/reports", timeout=10)
+        return str(r.json().get("status"))[:3000]
+    except requests.RequestException as exc:
+        return f"unavailable ({exc})"
