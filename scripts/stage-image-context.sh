@@ -8,7 +8,7 @@
 # Dockerfile COPYs them from:
 #
 #   .build/atelier/   pip-installable source: pyproject.toml, README.md, constraints.txt, src/
-#   .build/home/      ATELIER_HOME in the image (the repo's relative paths, see atelier.paths):
+#   .build/home/      ATELIER_HOME in the image (the repo's relative paths, see atelier.tools.paths):
 #                     handlers/, model-store/config/*.template, training-job/configs/
 #
 # Skaffold runs it as each artifact's before-build hook (Skaffold.yaml). Skaffold hashes a

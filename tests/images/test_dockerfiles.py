@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from atelier import paths
 from atelier.drift.settings import DriftSettings
+from atelier.tools import paths
 
 pytestmark = pytest.mark.unit
 
@@ -259,7 +259,7 @@ def test_staged_context_holds_the_package_and_atelier_home(staged: dict[str, Pat
         assert (build / "atelier/src/atelier/__init__.py").is_file()
         assert (build / "atelier/src/atelier/py.typed").is_file()
         home = build / "home"
-        # atelier.paths resolves these under ATELIER_HOME inside an image.
+        # atelier.tools.paths resolves these under ATELIER_HOME inside an image.
         for relative in (paths.HANDLER_FILE, paths.CONFIG_TEMPLATE, paths.METRICS_CONFIG):
             assert (home / relative).read_bytes() == (ROOT / relative).read_bytes(), relative
         configs = sorted(p.name for p in (home / "training-job/configs").glob("*.yaml"))

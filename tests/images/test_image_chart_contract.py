@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from atelier import chart
+from atelier.tools import chart
 
 pytestmark = pytest.mark.chart
 

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from atelier import chart
-from atelier.loadtest import DEFAULT_DRIFT_URL, DEFAULT_HOST
+from atelier.tools import chart
+from atelier.tools.loadtest import DEFAULT_DRIFT_URL, DEFAULT_HOST
 
 pytestmark = pytest.mark.chart
 

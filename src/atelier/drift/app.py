@@ -18,8 +18,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from atelier.drift.feedback import parse_label
 from atelier.drift.service import DriftService
-from atelier.errors import AtelierError, InvalidFeedbackError, MalformedRequestError, error_body
-from atelier.serving.spool import SCHEMA, FeatureSpool
+from atelier.runtime.errors import (
+    AtelierError,
+    InvalidFeedbackError,
+    MalformedRequestError,
+    error_body,
+)
+from atelier.runtime.records import SCHEMA, FeatureSpool
 
 REQUIRED = ("request_id", "model_version", "predicted_class", "confidence")
 

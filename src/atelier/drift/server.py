@@ -10,7 +10,7 @@ from pathlib import Path
 from types import FrameType
 
 from atelier.drift.settings import load_settings
-from atelier.errors import AtelierError
+from atelier.runtime.errors import AtelierError
 
 
 def run(**overrides: object) -> None:
