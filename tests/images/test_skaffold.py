@@ -32,7 +32,7 @@ STAGE_SCRIPT = "scripts/stage-image-context.sh"
 # image -> (context, values key of its image)
 ARTIFACTS = {
     "atelier-training": ("training-job", "training"),
-    "atelier-serving": ("serving", "serving"),
+    "atelier-serving": ("services/serving", "serving"),
     "atelier-drift": ("services/drift", "drift"),
 }
 PROFILES = {"kind": ("raw", "bundled"), "kserve": ("kserve", "operator")}

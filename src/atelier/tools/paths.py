@@ -1,13 +1,14 @@
-"""Where the project's checked-in files are, whether atelier runs from a checkout or an image."""
+"""Where a checkout's files are, for the tools that run from one (chart and kustomize sync,
+the local monitoring stack, dashboards, benches, the load test). Nothing that runs in an
+image reads the checkout: training's templates are package data."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-HANDLER_FILE = "handlers/atelier_handler.py"
-CONFIG_TEMPLATE = "model-store/config/config.properties.template"
-METRICS_CONFIG = "model-store/config/metrics.yaml.template"
+# A file only a checkout has, next to src/.
+MARKER = "charts/atelier/Chart.yaml"
 
 
 def project_root() -> Path:
@@ -16,7 +17,7 @@ def project_root() -> Path:
     if env:
         return Path(env)
     checkout = Path(__file__).resolve().parents[3]
-    if (checkout / HANDLER_FILE).is_file():
+    if (checkout / MARKER).is_file():
         return checkout
     return Path.cwd()
 
