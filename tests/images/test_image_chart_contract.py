@@ -93,7 +93,10 @@ def env_of(c: dict[str, Any]) -> dict[str, str]:
 
 
 def test_pods_run_as_the_images_user(objects: list[dict[str, Any]]) -> None:
-    uids = {dockerfile_runtime(f)["user"] for f in ("training-job", "services/serving", "services/drift")}
+    uids = {
+        dockerfile_runtime(f)["user"]
+        for f in ("training-job", "services/serving", "services/drift")
+    }
     assert len(uids) == 1
     uid = int(uids.pop().split(":")[0])
     for name, spec in pod_specs(objects).items():
