@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -12,7 +11,8 @@ from typing import Annotated
 import typer
 
 from atelier.cli.monitoring import monitoring_app
-from atelier.runtime.errors import AtelierError
+from atelier.runtime.errors import AtelierError, exit_on_error
+from atelier.training.config import DEFAULT_FASHION_MNIST_DIR
 
 app = typer.Typer(
     add_completion=False,
@@ -209,9 +209,9 @@ def samples(
         "runs/samples"
     ),
     n: Annotated[int, typer.Option("--n", min=1, max=10_000, help="how many test images")] = 8,
-    data: Annotated[Path, typer.Option("--data", help="Fashion-MNIST folder")] = Path(
-        "/usr/share/datasets/fashion-mnist"
-    ),
+    data: Annotated[
+        Path, typer.Option("--data", help="Fashion-MNIST folder")
+    ] = DEFAULT_FASHION_MNIST_DIR,
 ) -> None:
     """Write Fashion-MNIST test images as PNG files named <index>-<true label>.png."""
     from atelier.runtime.preprocess import encode_png
@@ -237,9 +237,9 @@ def send(
         str,
         typer.Option("--shift", help="none, invert, brighten or rotate: traffic unlike training"),
     ] = "none",
-    data: Annotated[Path, typer.Option("--data", help="Fashion-MNIST folder")] = Path(
-        "/usr/share/datasets/fashion-mnist"
-    ),
+    data: Annotated[
+        Path, typer.Option("--data", help="Fashion-MNIST folder")
+    ] = DEFAULT_FASHION_MNIST_DIR,
 ) -> None:
     """Send Fashion-MNIST test images to a model server as KServe v2 requests of 32."""
     import requests
@@ -382,9 +382,9 @@ def bench_drift(
 ) -> None:
     """Drift sidecar: ingest rate, report time, RSS, false positives and detection."""
     from atelier.tools.bench.drift import bench_drift as run
-    from atelier.tools.bench.serve import _ensure_store
+    from atelier.tools.bench.serve import ensure_store
 
-    _ensure_store(store, store.parent)
+    ensure_store(store, store.parent)
     run(records, store)
 
 
@@ -489,12 +489,6 @@ def chart_sync(
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        # Standalone mode: click answers usage errors itself (exit 2); our errors pass through.
+    # Standalone mode: click answers usage errors itself (exit 2); our errors pass through.
+    with exit_on_error(lambda line: typer.echo(line, err=True)):
         app()
-    except AtelierError as exc:
-        typer.echo(f"error: {exc.one_line()}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("aborted", err=True)
-        sys.exit(130)

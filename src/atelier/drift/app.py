@@ -22,7 +22,7 @@ from atelier.runtime.errors import (
     AtelierError,
     InvalidFeedbackError,
     MalformedRequestError,
-    error_body,
+    http_answer,
 )
 from atelier.runtime.records import SCHEMA, FeatureSpool
 
@@ -37,7 +37,8 @@ def create_app(service: DriftService) -> FastAPI:
 
     @app.exception_handler(AtelierError)
     async def _typed(_: Request, exc: AtelierError) -> JSONResponse:
-        return JSONResponse(error_body(exc), status_code=exc.http_status)
+        status, body = http_answer(exc)
+        return JSONResponse(body, status_code=status)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -50,7 +51,7 @@ def create_app(service: DriftService) -> FastAPI:
 
     @app.get("/metrics")
     def metrics() -> Response:
-        last = service._last_report
+        last = service.last_report
         since.set(time.time() - last if last else -1)
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -1,10 +1,16 @@
-"""Typed errors. Each class names the HTTP status and the process exit code it becomes.
+"""Typed errors. Each class names the process exit code it becomes; errors a server can
+answer with also name their HTTP status (the others are 500 and never reach a client).
 
-Errors are turned into responses (HTTP) or one-line messages (CLI) in one place each:
-`atelier.cli.main` for the command line, the serving layer for HTTP.
+Errors become answers in one place each: `http_answer` for every HTTP server (both serving
+runtimes and the drift sidecar) and `exit_on_error` for every process's main() (the CLI, the
+KServe runtime, the drift sidecar).
 """
 
 from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 class AtelierError(Exception):
@@ -29,7 +35,6 @@ class AtelierError(Exception):
 class ConfigError(AtelierError):
     """A config file, a --set override or a CLI flag is invalid."""
 
-    http_status = 400
     exit_code = 2
     kind = "config_error"
 
@@ -37,7 +42,6 @@ class ConfigError(AtelierError):
 class DataError(AtelierError):
     """The training data cannot be used."""
 
-    http_status = 400
     exit_code = 3
     kind = "data_error"
 
@@ -53,7 +57,6 @@ class CorruptDataError(DataError):
 class GateFailedError(AtelierError):
     """The trained model is below the quality gate; nothing is published."""
 
-    http_status = 409
     exit_code = 4
     kind = "gate_failed"
 
@@ -61,13 +64,11 @@ class GateFailedError(AtelierError):
 class ArchiveError(AtelierError):
     """A run cannot be archived into the model store."""
 
-    http_status = 400
     exit_code = 5
     kind = "archive_error"
 
 
 class VersionExistsError(ArchiveError):
-    http_status = 409
     kind = "version_exists"
 
 
@@ -94,7 +95,6 @@ class LoadTestError(AtelierError):
 class SLOBreachError(LoadTestError):
     """A load test ran, and its error ratio or p99 latency broke a threshold."""
 
-    http_status = 409
     exit_code = 8
     kind = "slo_breach"
 
@@ -174,6 +174,26 @@ def error_body(err: AtelierError) -> dict[str, dict[str, str]]:
     return {"error": {"type": err.kind, "message": err.message}}
 
 
+def http_answer(err: AtelierError) -> tuple[int, dict[str, dict[str, str]]]:
+    """The one mapping of a typed error to an HTTP answer: (status, body)."""
+    return err.http_status, error_body(err)
+
+
+@contextmanager
+def exit_on_error(echo: Callable[[str], None] | None = None) -> Iterator[None]:
+    """The one tail of every main(): a typed error becomes one line on stderr and its exit
+    code; Ctrl-C becomes "aborted" and 130."""
+    say = echo or (lambda line: print(line, file=sys.stderr))
+    try:
+        yield
+    except AtelierError as exc:
+        say(f"error: {exc.one_line()}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        say("aborted")
+        sys.exit(130)
+
+
 # --- Drift sidecar
 
 
@@ -242,19 +262,16 @@ class MonitoringError(AtelierError):
 class PrometheusUnreachableError(MonitoringError):
     """A Prometheus URL (`atelier dashboards snapshot --prometheus`) does not answer."""
 
-    http_status = 503
     kind = "prometheus_unreachable"
 
 
 class DashboardQueryError(MonitoringError):
     """Prometheus answered but rejected dashboard queries; the message names the panels."""
 
-    http_status = 502
     kind = "dashboard_query_failed"
 
 
 class StaleDashboardsError(MonitoringError):
     """Generated dashboard JSON differs from a fresh `atelier dashboards build`."""
 
-    http_status = 409
     kind = "dashboards_stale"

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from atelier.runtime import metrics
-from atelier.runtime.errors import MalformedRequestError, RequestError, error_body
+from atelier.runtime.errors import MalformedRequestError, RequestError, http_answer
 from atelier.runtime.features import all_features
 from atelier.runtime.inference import Classifier
 from atelier.runtime.protocol import Limits, Request, format_response, parse_request, pick_upload
@@ -75,7 +75,8 @@ def _guess_protocol(item: Item) -> str:
 
 
 def _refused(err: RequestError, item: Item) -> Outcome:
-    return Outcome(err.http_status, error_body(err), _guess_protocol(item), err.kind)
+    status, body = http_answer(err)
+    return Outcome(status, body, _guess_protocol(item), err.kind)
 
 
 class InferenceService:

@@ -54,7 +54,12 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from atelier.runtime.errors import AtelierError, ConfigError, MalformedRequestError, ServerError
+from atelier.runtime.errors import (
+    ConfigError,
+    MalformedRequestError,
+    ServerError,
+    exit_on_error,
+)
 from atelier.serving.metrics import ServingMetrics
 
 if TYPE_CHECKING:
@@ -176,10 +181,11 @@ class ModelRuntime:
 
     def reject(self, err: MalformedRequestError, protocol: str | None) -> Outcome:
         """The answer to a body that never became an Item (a broken multipart upload)."""
-        from atelier.runtime.errors import error_body
+        from atelier.runtime.errors import http_answer
         from atelier.runtime.service import Outcome
 
-        outcome = Outcome(err.http_status, error_body(err), protocol or "unknown", err.kind)
+        status, body = http_answer(err)
+        outcome = Outcome(status, body, protocol or "unknown", err.kind)
         self.metrics.count(self.dims, [outcome])
         return outcome
 
@@ -388,11 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # signal again: the same clean exit, with status 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit)
-    try:
+    with exit_on_error():
         serve(ServerSettings.from_args(argv))
-    except AtelierError as exc:
-        print(f"error: {exc.one_line()}", file=sys.stderr)
-        return exc.exit_code
     return 0
 
 

@@ -138,14 +138,14 @@ def measure(
     import psutil
 
     from atelier.runtime.preprocess import encode_png
-    from atelier.tools.bench.serve import WRK_SCRIPT, _ensure_store, run_wrk
+    from atelier.tools.bench.serve import WRK_SCRIPT, ensure_store, run_wrk
     from atelier.tools.torchserve import TorchServe, TorchServeSettings
     from atelier.training.archive import current
     from atelier.training.config import DEFAULT_FASHION_MNIST_DIR
     from atelier.training.data.idx import load_fashion_mnist
 
     out.mkdir(parents=True, exist_ok=True)
-    _ensure_store(store, out)
+    ensure_store(store, out)
     cur = current(store)
     assert cur is not None
     name = str(cur["name"])

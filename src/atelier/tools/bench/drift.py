@@ -22,6 +22,7 @@ from atelier.drift.report import DriftMethods, run_drift
 from atelier.drift.windows import Windows
 from atelier.runtime.features import IMAGE_FEATURES
 from atelier.runtime.records import FeatureSpool, make_records
+from atelier.tools import shifts
 from atelier.training.config import DEFAULT_FASHION_MNIST_DIR
 
 
@@ -34,10 +35,11 @@ def _features(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     return f
 
 
+# The bench's labels for atelier.tools.shifts' one table of shifts.
 SHIFTS = {
-    "invert": lambda x: 255 - x,
-    "brighten +90": lambda x: np.clip(x.astype(int) + 90, 0, 255).astype(np.uint8),
-    "rotate 90": lambda x: np.rot90(x, k=1, axes=(2, 3)).copy(),
+    "invert": shifts.SHIFTS["invert"],
+    "brighten +90": shifts.SHIFTS["brighten"],
+    "rotate 90": shifts.SHIFTS["rotate"],
 }
 MIXES = (50, 100, 150, 200, 300, 400, 500, 700, 1000)
 

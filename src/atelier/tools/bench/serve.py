@@ -70,7 +70,7 @@ class Row:
         return self.img_per_s / self.limit_img_per_s if self.limit_img_per_s else 0.0
 
 
-def _ensure_store(store: Path, work: Path) -> None:
+def ensure_store(store: Path, work: Path) -> None:
     if current(store) is not None:
         return
     from atelier.training.loop import train
@@ -188,7 +188,7 @@ def bench_serve(
 ) -> list[Row]:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-serve-", dir=out))
-    _ensure_store(store, out)
+    ensure_store(store, out)
     cur = current(store)
     assert cur is not None
     name = str(cur["name"])
