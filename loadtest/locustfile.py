@@ -1,8 +1,8 @@
 """Locust users and load shape for atelier: raw PNG, KServe v1 and v2 (single images and
 batches) with real Fashion-MNIST test images, true labels sent to the drift sidecar.
 
-Settings come from ATELIER_LOADTEST_* env vars (`atelier.loadtest.LoadTestSettings`); the
-request bodies, response checks, shapes and feedback queue live in `atelier.loadtest`.
+Settings come from ATELIER_LOADTEST_* env vars (`atelier.tools.loadtest.LoadTestSettings`); the
+request bodies, response checks, shapes and feedback queue live in `atelier.tools.loadtest`.
 
     atelier loadtest http://127.0.0.1:8085 --shape ramp --users 8 --duration 60
     ATELIER_LOADTEST_SHAPE=spike locust -f loadtest/locustfile.py --headless \
@@ -19,7 +19,13 @@ import requests
 from locust import FastHttpUser, LoadTestShape, between, events
 from locust.runners import WorkerRunner
 
-from atelier.loadtest import FeedbackQueue, Workload, load_settings, make_shape, write_run_stats
+from atelier.tools.loadtest import (
+    FeedbackQueue,
+    Workload,
+    load_settings,
+    make_shape,
+    write_run_stats,
+)
 
 SETTINGS = load_settings()
 WORKLOAD = Workload(SETTINGS)
@@ -45,7 +51,7 @@ def _request_task(kind: str) -> Callable[[InferenceUser], None]:
 
 
 class InferenceUser(FastHttpUser):
-    """Sends the request mix; feedback goes outside locust's statistics (see atelier.loadtest)."""
+    """Sends the request mix; feedback goes outside locust's statistics (atelier.tools.loadtest)."""
 
     wait_time = between(SETTINGS.wait_s * 0.5, SETTINGS.wait_s * 1.5)
     network_timeout = SETTINGS.request_timeout_s

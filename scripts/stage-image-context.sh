@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
 # Stage what an image needs from outside its folder into <folder>/.build/.
 #
-# Each image's build context is its own folder (training-job/, serving/, services/drift/):
-# one deployable, one folder. A build context cannot reach outside itself, but every image
-# installs the atelier package, and some need checked-in files from elsewhere in the repo.
-# This script copies them into <folder>/.build/ (ignored by git), where the folder's
-# Dockerfile COPYs them from:
+# Each image's build context is its own folder (training-job/, services/serving/,
+# services/drift/): one deployable, one folder. A build context cannot reach outside itself,
+# but every image installs the atelier package (its own extra of it). This script copies the
+# package into <folder>/.build/ (ignored by git), where the folder's Dockerfile COPYs it from:
 #
 #   .build/atelier/   pip-installable source: pyproject.toml, README.md, constraints.txt, src/
-#   .build/home/      ATELIER_HOME in the image (the repo's relative paths, see atelier.paths):
-#                     handlers/, model-store/config/*.template, training-job/configs/
+#                     (the package data under src/ holds the TorchServe templates)
 #
 # Skaffold runs it as each artifact's before-build hook (Skaffold.yaml). Skaffold hashes a
 # context before that hook runs, so run it yourself before `skaffold run` (or pass
@@ -19,7 +17,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 # The image folders, in the order of the artifacts in Skaffold.yaml (a test checks both).
-ALL=(training-job serving services/drift)
+ALL=(training-job services/serving services/drift)
 
 if [ "$#" -eq 0 ]; then
   echo "usage: $0 FOLDER... | --all   (folders: ${ALL[*]})" >&2
@@ -41,13 +39,9 @@ stage() {
     exit 2
   fi
   stage="$(mktemp -d "$ctx/.build.tmp.XXXXXX")"
-  mkdir -p "$stage/atelier/src" "$stage/home/handlers" "$stage/home/model-store/config" \
-    "$stage/home/training-job"
+  mkdir -p "$stage/atelier/src"
   cp "$root/pyproject.toml" "$root/README.md" "$root/constraints.txt" "$stage/atelier/"
   cp -R "$root/src/atelier" "$stage/atelier/src/atelier"
-  cp "$root/handlers/atelier_handler.py" "$stage/home/handlers/"
-  cp "$root"/model-store/config/*.template "$stage/home/model-store/config/"
-  cp -R "$root/training-job/configs" "$stage/home/training-job/configs"
   find "$stage" \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
   find "$stage" -name '*.pyc' -delete
   # The staged tree replaces the old one in one rename, so a build never sees half of it.

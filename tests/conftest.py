@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from atelier.archive import ArchiveResult, archive_run
-from atelier.config import load_config
-from atelier.paths import project_file
-from atelier.training import RunResult, train
+from atelier.tools.paths import project_file
+from atelier.training.archive import ArchiveResult, archive_run
+from atelier.training.config import load_config
+from atelier.training.loop import RunResult, train
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SMOKE_CONFIG = project_file("training-job/configs/smoke.yaml")

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from atelier.k8s_validate import K8S_VERSION
+from support.k8s_validate import K8S_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "atelier"

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from atelier.bench_capacity import read_capacity_doc
-from atelier.chart import chart_dir, rendered
-from atelier.paths import project_file
+from atelier.tools.bench.capacity import read_capacity_doc
+from atelier.tools.chart import chart_dir, rendered
+from atelier.tools.paths import project_file
 
 pytestmark = pytest.mark.chart
 

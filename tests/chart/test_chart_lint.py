@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from atelier.chart import chart_dir, helm_binary, rendered
-from atelier.k8s_validate import K8S_VERSION, check_names, validate_object
+from atelier.tools.chart import chart_dir, helm_binary, rendered
+from support.k8s_validate import K8S_VERSION, check_names, validate_object
 
 pytestmark = pytest.mark.chart
 

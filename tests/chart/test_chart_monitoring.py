@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from atelier.chart import rendered
-from atelier.paths import project_file
+from atelier.tools.chart import rendered
+from atelier.tools.paths import project_file
 
 pytestmark = pytest.mark.chart
 

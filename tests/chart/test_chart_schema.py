@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from atelier.chart import helm_template
-from atelier.errors import ConfigError
+from atelier.runtime.errors import ConfigError
+from atelier.tools.chart import helm_template
 
 pytestmark = pytest.mark.chart
 

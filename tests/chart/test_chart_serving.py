@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from atelier.chart import chart_dir, helm_notes, rendered
+from atelier.tools.chart import chart_dir, helm_notes, rendered
 
 pytestmark = pytest.mark.chart
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from atelier import chart
 from atelier.cli import app
-from atelier.paths import project_file
+from atelier.tools import chart
+from atelier.tools.paths import project_file
 
 pytestmark = pytest.mark.chart
 

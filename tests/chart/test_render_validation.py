@@ -1,7 +1,7 @@
 """Every object the chart renders, in every ci/*-values.yaml scenario, is valid for Kubernetes 1.31.
 
 - `helm lint --strict` passes for each scenario.
-- Each rendered object passes its strict checker (atelier.k8s_validate): kubernetes-validate
+- Each rendered object passes its strict checker (support.k8s_validate): kubernetes-validate
   for core kinds, the kserve models for InferenceService and ServingRuntime, the Prometheus
   Operator models for ServiceMonitor, PodMonitor, PrometheusRule and AlertmanagerConfig. A
   kind none of them knows fails.
@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from atelier.k8s_validate import (
+from support.k8s_validate import (
     K8S_VERSION,
     KEDA_KINDS,
     KSERVE_KINDS,

@@ -37,8 +37,8 @@ from typing import Any
 import pytest
 import requests
 
-from atelier.loadtest import Workload, load_settings
 from atelier.monitoring import dashboards
+from atelier.tools.loadtest import Workload, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 HELM = ROOT / ".tools/bin/helm"
@@ -237,7 +237,7 @@ def test_classifies_fashion_mnist_over_every_protocol(
 
 
 def labels_of(kind: str, answer: dict[str, Any]) -> list[int]:
-    from atelier.data.idx import FASHION_MNIST_CLASSES
+    from atelier.training.data.idx import FASHION_MNIST_CLASSES
 
     names = list(FASHION_MNIST_CLASSES)
     if kind == "raw":

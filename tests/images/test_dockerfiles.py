@@ -20,15 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from atelier import paths
 from atelier.drift.settings import DriftSettings
+from atelier.training import archive
 
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 HADOLINT = ROOT / ".venv-tools" / "bin" / "hadolint"
 STAGE = ROOT / "scripts" / "stage-image-context.sh"
-IMAGE_FOLDERS = ("training-job", "serving", "services/drift")
+IMAGE_FOLDERS = ("training-job", "services/serving", "services/drift")
+# The extra of atelier each image installs, and whether it carries torch.
+EXTRAS = {"training-job": "train", "services/serving": "serve", "services/drift": "drift"}
+WITHOUT_TORCH = {"services/drift"}
 TORCH = "2.13.0"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 APP_UID = "10001"
@@ -214,12 +217,22 @@ def test_torch_is_the_cpu_build_and_the_rest_is_constrained(
     folder: str, constraints: dict[str, str]
 ) -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert f"torch=={TORCH}" in pyproject["project"]["dependencies"]
+    extras = pyproject["project"]["optional-dependencies"]
+    extra = EXTRAS[folder]
+    assert (f"torch=={TORCH}" in extras[extra]) == (folder not in WITHOUT_TORCH), extra
+    assert not any(d.startswith("torch") for d in pyproject["project"]["dependencies"])
     assert constraints["torch"] == TORCH
     pip_installs = [
         c for c in run_commands(parse(dockerfile(folder))) if c[:2] == ["pip", "install"]
     ]
     assert pip_installs, f"{folder}: no pip install"
+    # Each image installs its own extra of atelier, and only that one.
+    packages = [a for c in pip_installs for a in c if a.startswith("/src/atelier[")]
+    assert packages == [f"/src/atelier[{extra}]"], packages
+    if folder in WITHOUT_TORCH:
+        assert not any("torch" in a for c in pip_installs for a in c), pip_installs
+        assert all("--index-url" not in c for c in pip_installs)
+        return
     torch_installs = [c for c in pip_installs if any(a.startswith("torch==") for a in c)]
     first = pip_installs[0]
     # torch alone, first, from the CPU index, without dependencies that index would choose.
@@ -251,19 +264,19 @@ def test_every_copy_source_exists_once_staged(folder: str, staged: dict[str, Pat
     assert not list(ctx.rglob("__pycache__")), "staged contexts carry no bytecode"
 
 
-def test_staged_context_holds_the_package_and_atelier_home(staged: dict[str, Path]) -> None:
+def test_staged_context_holds_the_package_and_its_data(staged: dict[str, Path]) -> None:
+    src = ROOT / "src"
     for ctx in staged.values():
         build = ctx / ".build"
         for name in ("pyproject.toml", "README.md", "constraints.txt"):
             assert (build / "atelier" / name).read_bytes() == (ROOT / name).read_bytes()
         assert (build / "atelier/src/atelier/__init__.py").is_file()
         assert (build / "atelier/src/atelier/py.typed").is_file()
-        home = build / "home"
-        # atelier.paths resolves these under ATELIER_HOME inside an image.
-        for relative in (paths.HANDLER_FILE, paths.CONFIG_TEMPLATE, paths.METRICS_CONFIG):
-            assert (home / relative).read_bytes() == (ROOT / relative).read_bytes(), relative
-        configs = sorted(p.name for p in (home / "training-job/configs").glob("*.yaml"))
-        assert configs == sorted(p.name for p in (ROOT / "training-job/configs").glob("*.yaml"))
+        # atelier archive reads these as package data: no ATELIER_HOME, no checkout.
+        for path in (archive.HANDLER_FILE, archive.CONFIG_TEMPLATE, archive.METRICS_CONFIG):
+            relative = path.relative_to(src)
+            assert (build / "atelier/src" / relative).read_bytes() == path.read_bytes()
+        assert not (build / "home").exists(), "images need no staged checkout files"
 
 
 def test_stage_script_refuses_a_folder_without_a_dockerfile(tmp_path: Path) -> None:
@@ -275,27 +288,21 @@ def test_stage_script_refuses_a_folder_without_a_dockerfile(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("folder", IMAGE_FOLDERS)
-def test_atelier_home_is_where_the_files_are_copied(folder: str) -> None:
+def test_no_image_reads_a_checkout(folder: str) -> None:
     instructions = parse(dockerfile(folder))
-    env = env_of(stages(instructions)[-1])
-    home = env.get("ATELIER_HOME")
-    if home is None:
-        assert folder == "services/drift", f"{folder}: ATELIER_HOME is not set"
-        return
-    assert any(
-        ins.name == "COPY" and ins.args.split() == [".build/home", home] for ins in instructions
-    ), f"{folder}: ATELIER_HOME={home} but .build/home is not copied there"
+    assert "ATELIER_HOME" not in env_of(stages(instructions)[-1])
+    assert not any(ins.name == "COPY" and ".build/home" in ins.args for ins in instructions)
 
 
 def test_serving_image_reads_the_store_where_kserve_mounts_it() -> None:
-    instructions = parse(dockerfile("serving"))
+    instructions = parse(dockerfile("services/serving"))
     runtime = stages(instructions)[-1]
     entry = exec_form(next(i for i in runtime if i.name == "ENTRYPOINT"))
     cmd = exec_form(next(i for i in runtime if i.name == "CMD"))
     assert entry[:3] == ["tini", "-g", "--"] and entry[3] == "torchserve"
     assert {"--start", "--foreground", "--ncs", "--disable-token-auth"} <= set(cmd)
     flags = dict(a.split("=", 1) for a in cmd if "=" in a)
-    template = (ROOT / paths.CONFIG_TEMPLATE).read_text()
+    template = archive.CONFIG_TEMPLATE.read_text()
     props = dict(
         line.split("=", 1) for line in template.splitlines() if "=" in line and line[0] != "#"
     )
@@ -327,9 +334,10 @@ def test_training_image_has_the_data_and_the_configs() -> None:
     cmd = exec_form(next(i for i in runtime if i.name == "CMD"))
     assert entry == ["atelier"]
     config = cmd[cmd.index("--config") + 1]
-    home = env_of(runtime)["ATELIER_HOME"]
-    assert config.startswith(home + "/")
-    assert (ROOT / config.removeprefix(home + "/")).is_file(), config
+    copies = [ins.args.split() for ins in runtime if ins.name == "COPY"]
+    src, dest = next(c for c in copies if c[0] == "configs")
+    assert config.startswith(dest + "/")
+    assert (ROOT / "training-job" / src / config.removeprefix(dest + "/")).is_file(), config
 
 
 def test_drift_image_env_names_real_settings() -> None:

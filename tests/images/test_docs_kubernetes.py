@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from atelier import chart
+from atelier.tools import chart
 
 pytestmark = pytest.mark.chart
 

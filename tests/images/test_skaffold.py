@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from atelier import chart
-from atelier.loadtest import DEFAULT_DRIFT_URL, DEFAULT_HOST
+from atelier.tools import chart
+from atelier.tools.loadtest import DEFAULT_DRIFT_URL, DEFAULT_HOST
 
 pytestmark = pytest.mark.chart
 
@@ -32,7 +32,7 @@ STAGE_SCRIPT = "scripts/stage-image-context.sh"
 # image -> (context, values key of its image)
 ARTIFACTS = {
     "atelier-training": ("training-job", "training"),
-    "atelier-serving": ("serving", "serving"),
+    "atelier-serving": ("services/serving", "serving"),
     "atelier-drift": ("services/drift", "drift"),
 }
 PROFILES = {"kind": ("raw", "bundled"), "kserve": ("kserve", "operator")}

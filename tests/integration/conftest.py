@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from atelier.archive import ArchiveResult
-from atelier.data.idx import load_fashion_mnist
-from atelier.serving.kserve_runtime import KServeRuntime, KServeSettings
-from atelier.serving.torchserve import TorchServe, TorchServeSettings
+from atelier.tools.kserve import KServeRuntime, KServeSettings
+from atelier.tools.torchserve import TorchServe, TorchServeSettings
+from atelier.training.archive import ArchiveResult
+from atelier.training.data.idx import load_fashion_mnist
 
 MODEL = "fashion-mnist"
 

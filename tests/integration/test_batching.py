@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from atelier.archive import archive_run
-from atelier.config import ArchiveDefaults
-from atelier.data.idx import load_fashion_mnist
-from atelier.inference import Classifier
-from atelier.preprocess import encode_png
-from atelier.serving.spool import SCHEMA
-from atelier.serving.torchserve import TorchServe, TorchServeSettings
-from atelier.training import RunResult
+from atelier.runtime.inference import Classifier
+from atelier.runtime.preprocess import encode_png
+from atelier.runtime.records import SCHEMA
+from atelier.tools.torchserve import TorchServe, TorchServeSettings
+from atelier.training.archive import archive_run
+from atelier.training.config import ArchiveDefaults
+from atelier.training.data.idx import load_fashion_mnist
+from atelier.training.loop import RunResult
 
 pytestmark = pytest.mark.integration
 

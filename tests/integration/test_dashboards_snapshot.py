@@ -18,10 +18,10 @@ import pytest
 import requests
 from PIL import Image
 
-from atelier.errors import DashboardQueryError, PrometheusUnreachableError
 from atelier.monitoring import dashboards
-from atelier.monitoring.snapshot import snapshot
-from atelier.serving.process import free_port
+from atelier.runtime.errors import DashboardQueryError, PrometheusUnreachableError
+from atelier.tools.process import free_port
+from atelier.tools.snapshot import snapshot
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import requests
 
-from atelier.archive import ArchiveResult
-from atelier.drift.launcher import DriftSidecar, SidecarSettings
-from atelier.preprocess import encode_png
-from atelier.serving.torchserve import TorchServe, TorchServeSettings
+from atelier.runtime.preprocess import encode_png
+from atelier.tools.drift import DriftSidecar, SidecarSettings
+from atelier.tools.torchserve import TorchServe, TorchServeSettings
+from atelier.training.archive import ArchiveResult
 
 pytestmark = pytest.mark.integration
 

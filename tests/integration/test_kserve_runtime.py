@@ -29,13 +29,13 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from atelier.archive import ArchiveResult
-from atelier.data.idx import load_fashion_mnist
-from atelier.inference import Classifier
-from atelier.preprocess import encode_png
-from atelier.serving.kserve_runtime import KServeRuntime, KServeSettings
-from atelier.serving.process import free_port
-from atelier.training import RunResult
+from atelier.runtime.inference import Classifier
+from atelier.runtime.preprocess import encode_png
+from atelier.tools.kserve import KServeRuntime, KServeSettings
+from atelier.tools.process import free_port
+from atelier.training.archive import ArchiveResult
+from atelier.training.data.idx import load_fashion_mnist
+from atelier.training.loop import RunResult
 
 pytestmark = pytest.mark.integration
 

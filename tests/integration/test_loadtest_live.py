@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from atelier.archive import ArchiveResult
-from atelier.drift.launcher import DriftSidecar, SidecarSettings
-from atelier.loadtest import REQUEST_TYPES
-from atelier.serving.torchserve import TorchServe
+from atelier.tools.drift import DriftSidecar, SidecarSettings
+from atelier.tools.loadtest import REQUEST_TYPES
+from atelier.tools.torchserve import TorchServe
+from atelier.training.archive import ArchiveResult
 
 pytestmark = pytest.mark.integration
 

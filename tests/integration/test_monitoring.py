@@ -20,12 +20,12 @@ import pytest
 import requests
 import yaml
 
-from atelier.archive import ArchiveResult
-from atelier.drift.launcher import DriftSidecar, SidecarSettings
 from atelier.monitoring.dashboards import build_all, expand, panel_queries
-from atelier.monitoring.stack import MonitoringStack, StackSettings, wait_until
-from atelier.preprocess import encode_png
-from atelier.serving.torchserve import TorchServe, TorchServeSettings
+from atelier.runtime.preprocess import encode_png
+from atelier.tools.drift import DriftSidecar, SidecarSettings
+from atelier.tools.stack import MonitoringStack, StackSettings, wait_until
+from atelier.tools.torchserve import TorchServe, TorchServeSettings
+from atelier.training.archive import ArchiveResult
 
 pytestmark = pytest.mark.integration
 

@@ -18,10 +18,10 @@ import pytest
 import requests
 from PIL import Image
 
-from atelier.data.idx import load_fashion_mnist
-from atelier.inference import Classifier
-from atelier.preprocess import encode_png
-from atelier.training import RunResult
+from atelier.runtime.inference import Classifier
+from atelier.runtime.preprocess import encode_png
+from atelier.training.data.idx import load_fashion_mnist
+from atelier.training.loop import RunResult
 
 pytestmark = pytest.mark.integration
 

@@ -9,12 +9,12 @@ import psutil
 import pytest
 import requests
 
-from atelier.archive import ArchiveResult
-from atelier.data.idx import load_fashion_mnist
-from atelier.inference import Classifier
-from atelier.preprocess import encode_png
-from atelier.serving.torchserve import TorchServe
-from atelier.training import RunResult
+from atelier.runtime.inference import Classifier
+from atelier.runtime.preprocess import encode_png
+from atelier.tools.torchserve import TorchServe
+from atelier.training.archive import ArchiveResult
+from atelier.training.data.idx import load_fashion_mnist
+from atelier.training.loop import RunResult
 
 pytestmark = pytest.mark.integration
 

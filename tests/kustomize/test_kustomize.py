@@ -1,6 +1,6 @@
 """k8s/ renders with kustomize, is up to date with the chart, and renders what the chart does.
 
-k8s/ is generated from the chart's renders (python -m atelier.k8s_sync). These tests run the
+k8s/ is generated from the chart's renders (python -m atelier.tools.k8s_sync). These tests run the
 real kustomize (`kubectl kustomize`, kubectl 1.35 from make setup) on the committed files and
 compare its output with the real `helm template`, for the base and for every set of the
 components listed in their documented order.
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from atelier import k8s_sync
+from atelier.tools import k8s_sync
 
 pytestmark = pytest.mark.chart
 

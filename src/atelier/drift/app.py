@@ -18,8 +18,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from atelier.drift.feedback import parse_label
 from atelier.drift.service import DriftService
-from atelier.errors import AtelierError, InvalidFeedbackError, MalformedRequestError, error_body
-from atelier.serving.spool import SCHEMA, FeatureSpool
+from atelier.runtime.errors import (
+    AtelierError,
+    InvalidFeedbackError,
+    MalformedRequestError,
+    http_answer,
+)
+from atelier.runtime.records import SCHEMA, FeatureSpool
 
 REQUIRED = ("request_id", "model_version", "predicted_class", "confidence")
 
@@ -32,7 +37,8 @@ def create_app(service: DriftService) -> FastAPI:
 
     @app.exception_handler(AtelierError)
     async def _typed(_: Request, exc: AtelierError) -> JSONResponse:
-        return JSONResponse(error_body(exc), status_code=exc.http_status)
+        status, body = http_answer(exc)
+        return JSONResponse(body, status_code=status)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -45,7 +51,7 @@ def create_app(service: DriftService) -> FastAPI:
 
     @app.get("/metrics")
     def metrics() -> Response:
-        last = service._last_report
+        last = service.last_report
         since.set(time.time() - last if last else -1)
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

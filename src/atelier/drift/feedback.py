@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from atelier.errors import InvalidLabelError, UnknownRequestError
+from atelier.runtime.errors import InvalidLabelError, UnknownRequestError
 
 RecordKey = tuple[str, int]
 

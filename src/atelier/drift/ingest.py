@@ -1,6 +1,6 @@
 """Follow the feature spool: new complete lines from every writer's files, across rotations.
 
-The writer (`atelier.serving.spool.FeatureSpool`) appends to ``features-<pid>.jsonl`` and
+The writer (`atelier.runtime.records.FeatureSpool`) appends to ``features-<pid>.jsonl`` and
 rotates by renaming it to ``.1`` (``.1`` to ``.2``, ...), so a file keeps its inode when
 it changes name. The follower therefore tracks files by ``(st_dev, st_ino)`` with a byte
 offset, never by name: a live file that became ``.1`` is read on from where it was left,
@@ -29,8 +29,8 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from atelier.features import ALL_FEATURES
-from atelier.serving.spool import SCHEMA
+from atelier.runtime.features import ALL_FEATURES
+from atelier.runtime.records import SCHEMA
 
 log = logging.getLogger(__name__)
 

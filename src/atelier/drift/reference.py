@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from atelier.errors import ReferenceUnavailableError
-from atelier.features import ALL_FEATURES
+from atelier.runtime.errors import ReferenceUnavailableError
+from atelier.runtime.features import ALL_FEATURES
 
 
 @dataclass(frozen=True)

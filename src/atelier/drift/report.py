@@ -51,8 +51,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import chi2_contingency, ks_2samp
 
-from atelier.errors import DriftInputError, NotEnoughDataError
-from atelier.features import ALL_FEATURES
+from atelier.runtime.errors import DriftInputError, NotEnoughDataError
+from atelier.runtime.features import ALL_FEATURES
 
 Severity = Literal["ok", "warning", "critical"]
 SEVERITY_LEVEL: dict[str, int] = {"ok": 0, "warning": 1, "critical": 2}
@@ -340,7 +340,7 @@ def _prepare(frame: pd.DataFrame, name: str, min_rows: int) -> pd.DataFrame:
     if missing:
         raise DriftInputError(
             f"the {name} frame lacks feature columns {missing}",
-            hint="pass frames with atelier.features.ALL_FEATURES columns",
+            hint="pass frames with atelier.runtime.features.ALL_FEATURES columns",
         )
     out = frame.loc[:, list(ALL_FEATURES)].apply(pd.to_numeric, errors="coerce")
     out = out.replace([np.inf, -np.inf], np.nan).dropna()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from atelier.drift.report import DriftResult, json_safe
-from atelier.errors import ReportNotFoundError, ReportWriteError
+from atelier.runtime.errors import ReportNotFoundError, ReportWriteError
 
 log = logging.getLogger(__name__)
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
 from pathlib import Path
 from types import FrameType
 
 from atelier.drift.settings import load_settings
-from atelier.errors import AtelierError
+from atelier.runtime.errors import exit_on_error
 
 
 def run(**overrides: object) -> None:
@@ -52,8 +51,5 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--report-every-records", type=int)
     p.add_argument("--report-every-seconds", type=float)
     ns = p.parse_args(argv)
-    try:
+    with exit_on_error():
         run(**vars(ns))
-    except AtelierError as exc:
-        print(f"error: {exc.one_line()}", file=sys.stderr)
-        sys.exit(exc.exit_code)

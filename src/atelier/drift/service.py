@@ -160,7 +160,7 @@ class DriftService:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._since_report = 0
-        self._last_report = 0.0
+        self.last_report = 0.0  # when the last report was written (0: none yet)
         self._threads: list[threading.Thread] = []
         self._try_load_reference(None)
 
@@ -233,8 +233,7 @@ class DriftService:
         if self._since_report >= self.s.report_every_records:
             return True
         return (
-            self._since_report > 0
-            and time.time() - self._last_report >= self.s.report_every_seconds
+            self._since_report > 0 and time.time() - self.last_report >= self.s.report_every_seconds
         )
 
     def run_reports(self) -> dict[str, WindowStatus]:
@@ -242,7 +241,7 @@ class DriftService:
             ref = self.reference
             frames = {name: self.windows.frame(name) for name in self.windows.names()}
             self._since_report = 0
-            self._last_report = time.time()
+            self.last_report = time.time()
         if ref is None:
             return {}
         out: dict[str, WindowStatus] = {}

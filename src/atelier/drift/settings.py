@@ -8,7 +8,7 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from atelier.drift.report import DriftMethods
-from atelier.errors import ConfigError
+from atelier.runtime.errors import ConfigError
 
 
 class DriftSettings(BaseSettings):

@@ -3,7 +3,7 @@
 Every window keeps a fixed amount of memory whatever the traffic: the sliding windows are
 ring buffers of their size, and "since live" is a uniform reservoir sample (Algorithm R)
 of fixed capacity plus exact streaming moments (Welford/Chan) and exact predicted-class
-counts. Columns are `atelier.features.ALL_FEATURES`, in that order.
+counts. Columns are `atelier.runtime.features.ALL_FEATURES`, in that order.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from atelier.features import ALL_FEATURES
+from atelier.runtime.features import ALL_FEATURES
 
 SINCE_LIVE = "since_live"
 _COLUMN = {name: i for i, name in enumerate(ALL_FEATURES)}

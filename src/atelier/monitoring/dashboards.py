@@ -45,8 +45,8 @@ from grafana_foundation_sdk.models.dashboard import (
 )
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
-from atelier.errors import StaleDashboardsError
-from atelier.paths import project_file
+from atelier.runtime.errors import StaleDashboardsError
+from atelier.tools.paths import project_file
 
 SOURCE = "src/atelier/monitoring/dashboards.py"
 DASHBOARD_DIR = "monitoring/grafana/dashboards"

@@ -1,1 +1,1 @@
-"""Serving: starting the model servers that run the atelier handler."""
+"""Serving: the KServe app around the runtime's batch service, and the serving metrics."""

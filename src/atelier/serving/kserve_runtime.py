@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import signal
 import sys
@@ -50,103 +49,29 @@ import tempfile
 import zipfile
 from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-import requests
-
-from atelier.errors import AtelierError, ConfigError, MalformedRequestError, ServerError
-from atelier.serving.process import ProcessSettings, ServerProcess, free_port
+from atelier.runtime.errors import (
+    ConfigError,
+    MalformedRequestError,
+    ServerError,
+    exit_on_error,
+)
+from atelier.serving.metrics import ServingMetrics
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
     from starlette.datastructures import Headers
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from atelier.serving.service import BatchStats, InferenceService, Item, Outcome
+    from atelier.runtime.service import InferenceService, Item, Outcome
 
-LOG_FILE = "kserve.out"
-# Step timings of a small CNN on a CPU: sub-millisecond to seconds.
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-BATCH_BUCKETS = tuple(float(2**i) for i in range(9))  # 1, 2, 4, ..., 256
 # A body over the payload limit is read and dropped up to this size before the 413 goes out,
 # so the client reads the answer instead of a connection reset; past it the connection closes.
 DRAIN_LIMIT = 64 * 1024 * 1024
-
-
-# --- Launcher: the runtime as a subprocess, the way TorchServe is run (atelier.serving.torchserve)
-
-
-@dataclass
-class KServeSettings(ProcessSettings):
-    http_port: int = field(default_factory=free_port)
-
-
-class KServeRuntime(ServerProcess):
-    """The KServe runtime in its own process group; use as a context manager."""
-
-    label = "the KServe runtime"
-    log_file = LOG_FILE
-
-    def __init__(self, settings: KServeSettings) -> None:
-        super().__init__(settings.run_dir, settings.model_name, settings.ready_timeout_s)
-        self.s = settings
-
-    @property
-    def inference_url(self) -> str:
-        return f"http://{self.s.host}:{self.s.http_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        """KServe serves /metrics on its HTTP port."""
-        return self.inference_url
-
-    def command(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "atelier.serving.kserve_runtime",
-            "--store",
-            str(self.s.store),
-            "--model-name",
-            self.s.model_name,
-            "--host",
-            self.s.host,
-            "--port",
-            str(self.s.http_port),
-            "--work-dir",
-            str(self.s.run_dir / "tmp"),
-        ]
-
-    def environment(self) -> dict[str, str]:
-        tmp = self.s.run_dir / "tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        env.update(
-            TMPDIR=str(tmp),
-            OMP_NUM_THREADS=str(self.s.omp_threads),
-            PYTHONUNBUFFERED="1",
-        )
-        env.update(self.s.extra_env)
-        return env
-
-    def check_can_start(self) -> None:
-        mar = self.s.store / "model-store" / f"{self.s.model_name}.mar"
-        if not mar.is_file():
-            raise ServerError(f"{mar} does not exist", hint="run atelier archive first")
-
-    def is_ready(self) -> bool:
-        try:
-            r = requests.get(f"{self.inference_url}/v2/models/{self.s.model_name}/ready", timeout=2)
-        except requests.RequestException:
-            return False
-        return r.status_code == 200
-
-    def describe(self) -> str:
-        return json.dumps({"inference": self.inference_url, "metrics": self.metrics_url})
 
 
 # --- Server side: runs inside ``python -m atelier.serving.kserve_runtime``
@@ -211,55 +136,6 @@ def _port(text: str) -> int:
     return port
 
 
-class ServingMetrics:
-    """The atelier_* series: the names and labels the TorchServe handler emits."""
-
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        from prometheus_client import REGISTRY, Counter, Histogram
-
-        from atelier.serving.service import STEPS
-
-        reg = registry or REGISTRY
-        dims = ("model_name", "model_version")
-
-        def histogram(name: str, doc: str, buckets: Sequence[float]) -> Histogram:
-            return Histogram(name, doc, dims, buckets=buckets, registry=reg)
-
-        self.steps = {
-            step: histogram(f"atelier_{step}_seconds", f"Seconds in {step}", LATENCY_BUCKETS)
-            for step in STEPS
-        }
-        self.handler = histogram(
-            "atelier_handler_seconds", "Seconds in the handler, per request", LATENCY_BUCKETS
-        )
-        self.batch_size = histogram("atelier_batch_size", "Images per forward", BATCH_BUCKETS)
-        self.batch_requests = histogram(
-            "atelier_batch_requests", "Requests per batch (1: KServe does not batch)", BATCH_BUCKETS
-        )
-        self.requests = Counter(
-            "atelier_requests", "Answered requests", (*dims, "protocol", "code"), registry=reg
-        )
-        self.errors = Counter("atelier_errors", "Bad requests", (*dims, "type"), registry=reg)
-
-    def observe(
-        self, dims: tuple[str, str], outcomes: Sequence[Outcome], stats: BatchStats
-    ) -> None:
-        for step, seconds in stats.seconds.items():
-            self.steps[step].labels(*dims).observe(seconds)
-        for _ in outcomes:
-            self.handler.labels(*dims).observe(stats.total_seconds)
-        if stats.images:
-            self.batch_size.labels(*dims).observe(stats.images)
-        self.batch_requests.labels(*dims).observe(stats.requests)
-        self.count(dims, outcomes)
-
-    def count(self, dims: tuple[str, str], outcomes: Sequence[Outcome]) -> None:
-        for outcome in outcomes:
-            self.requests.labels(*dims, outcome.protocol, str(outcome.status)).inc()
-            if outcome.error:
-                self.errors.labels(*dims, outcome.error).inc()
-
-
 class ModelRuntime:
     """The .mar unzipped and loaded, answering one Item at a time on one worker thread."""
 
@@ -273,7 +149,7 @@ class ModelRuntime:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atelier-infer")
 
     def load(self) -> None:
-        from atelier.serving.service import InferenceService
+        from atelier.runtime.service import InferenceService
 
         s = self.settings
         if s.work_dir is not None:
@@ -305,10 +181,11 @@ class ModelRuntime:
 
     def reject(self, err: MalformedRequestError, protocol: str | None) -> Outcome:
         """The answer to a body that never became an Item (a broken multipart upload)."""
-        from atelier.errors import error_body
-        from atelier.serving.service import Outcome
+        from atelier.runtime.errors import http_answer
+        from atelier.runtime.service import Outcome
 
-        outcome = Outcome(err.http_status, error_body(err), protocol or "unknown", err.kind)
+        status, body = http_answer(err)
+        outcome = Outcome(status, body, protocol or "unknown", err.kind)
         self.metrics.count(self.dims, [outcome])
         return outcome
 
@@ -410,7 +287,7 @@ def install_routes(app: Any, model: Any, runtime: ModelRuntime) -> None:
     from starlette.requests import ClientDisconnect
     from starlette.responses import Response
 
-    from atelier.serving.service import Item
+    from atelier.runtime.service import Item
 
     async def answer(request: Request, expect: str | None) -> Response:
         name = request.path_params["model_name"]
@@ -517,11 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # signal again: the same clean exit, with status 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit)
-    try:
+    with exit_on_error():
         serve(ServerSettings.from_args(argv))
-    except AtelierError as exc:
-        print(f"error: {exc.one_line()}", file=sys.stderr)
-        return exc.exit_code
     return 0
 
 

@@ -23,7 +23,7 @@ from atelier.drift.report import (
     min_severity,
     run_drift,
 )
-from atelier.features import ALL_FEATURES
+from atelier.runtime.features import ALL_FEATURES
 
 pytestmark = pytest.mark.unit
 

@@ -18,7 +18,7 @@ from atelier.drift.reports_store import (
     ReportStore,
     ReportWriteError,
 )
-from atelier.features import ALL_FEATURES
+from atelier.runtime.features import ALL_FEATURES
 
 pytestmark = pytest.mark.unit
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from atelier.archive import archive_run
 from atelier.drift.reports_store import ReportWriteError
 from atelier.drift.service import DriftService
 from atelier.drift.settings import DriftSettings
-from atelier.serving.spool import FeatureSpool, make_records
-from atelier.training import RunResult
+from atelier.runtime.records import FeatureSpool, make_records
+from atelier.training.archive import archive_run
+from atelier.training.loop import RunResult
 
 pytestmark = pytest.mark.unit
 

@@ -13,7 +13,7 @@ from atelier.drift.feedback import (
     UnknownRequestError,
     parse_label,
 )
-from atelier.errors import AtelierError, error_body
+from atelier.runtime.errors import AtelierError, error_body
 
 pytestmark = pytest.mark.unit
 

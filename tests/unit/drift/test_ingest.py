@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from atelier.drift.ingest import IngestBatch, SpoolFollower
-from atelier.features import ALL_FEATURES
-from atelier.serving.spool import SCHEMA, FeatureSpool, make_records
+from atelier.runtime.features import ALL_FEATURES
+from atelier.runtime.records import SCHEMA, FeatureSpool, make_records
 
 pytestmark = pytest.mark.unit
 

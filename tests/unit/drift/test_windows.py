@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from atelier.drift.windows import SINCE_LIVE, RecordWindow, ReservoirWindow, Windows
-from atelier.features import ALL_FEATURES
+from atelier.runtime.features import ALL_FEATURES
 
 pytestmark = pytest.mark.unit
 

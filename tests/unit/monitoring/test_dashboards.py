@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import yaml
 
-from atelier.errors import StaleDashboardsError
 from atelier.monitoring import dashboards
 from atelier.monitoring.dashboards import (
     OBJECTIVE_SERIES,
@@ -24,7 +23,8 @@ from atelier.monitoring.dashboards import (
     panels,
     selectors,
 )
-from atelier.paths import project_file
+from atelier.runtime.errors import StaleDashboardsError
+from atelier.tools.paths import project_file
 
 pytestmark = pytest.mark.unit
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from atelier.paths import project_file
+from atelier.tools.paths import project_file
 
 pytestmark = pytest.mark.unit
 

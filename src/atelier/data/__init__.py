@@ -1,5 +1,0 @@
-"""Data sources (Fashion-MNIST IDX files, labelled image folders), splits and augmentation."""
-
-from atelier.data.dataset import Splits, load_splits
-
-__all__ = ["Splits", "load_splits"]

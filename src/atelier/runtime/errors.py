@@ -1,0 +1,277 @@
+"""Typed errors. Each class names the process exit code it becomes; errors a server can
+answer with also name their HTTP status (the others are 500 and never reach a client).
+
+Errors become answers in one place each: `http_answer` for every HTTP server (both serving
+runtimes and the drift sidecar) and `exit_on_error` for every process's main() (the CLI, the
+KServe runtime, the drift sidecar).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+
+class AtelierError(Exception):
+    """Base class. ``message`` says what is wrong, ``hint`` how to fix it."""
+
+    http_status: int = 500
+    exit_code: int = 1
+    kind: str = "internal_error"
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        text = self.message
+        if self.hint:
+            text += f" (fix: {self.hint})"
+        return " ".join(text.split())
+
+
+class ConfigError(AtelierError):
+    """A config file, a --set override or a CLI flag is invalid."""
+
+    exit_code = 2
+    kind = "config_error"
+
+
+class DataError(AtelierError):
+    """The training data cannot be used."""
+
+    exit_code = 3
+    kind = "data_error"
+
+
+class DataMissingError(DataError):
+    kind = "data_missing"
+
+
+class CorruptDataError(DataError):
+    kind = "corrupt_data"
+
+
+class GateFailedError(AtelierError):
+    """The trained model is below the quality gate; nothing is published."""
+
+    exit_code = 4
+    kind = "gate_failed"
+
+
+class ArchiveError(AtelierError):
+    """A run cannot be archived into the model store."""
+
+    exit_code = 5
+    kind = "archive_error"
+
+
+class VersionExistsError(ArchiveError):
+    kind = "version_exists"
+
+
+class ServerError(AtelierError):
+    """A server the project starts (TorchServe, ...) failed to start or to get ready."""
+
+    exit_code = 6
+    kind = "server_error"
+
+
+class TargetUnreachableError(ConfigError):
+    """A URL given as a setting (the load test's host, the drift sidecar) does not answer."""
+
+    kind = "target_unreachable"
+
+
+class LoadTestError(AtelierError):
+    """The load generator (locust) failed to run or wrote no statistics."""
+
+    exit_code = 7
+    kind = "loadtest_failed"
+
+
+class SLOBreachError(LoadTestError):
+    """A load test ran, and its error ratio or p99 latency broke a threshold."""
+
+    exit_code = 8
+    kind = "slo_breach"
+
+
+# --- Serving: every bad request is one of these, answered as
+# {"error": {"type": kind, "message": message}} with http_status. Never a 5xx.
+
+
+class RequestError(AtelierError):
+    http_status = 400
+    kind = "bad_request"
+
+
+class EmptyBodyError(RequestError):
+    kind = "empty_body"
+
+
+class MalformedRequestError(RequestError):
+    kind = "malformed_request"
+
+
+class UnsupportedMediaTypeError(RequestError):
+    http_status = 415
+    kind = "unsupported_media_type"
+
+
+class InvalidImageError(RequestError):
+    kind = "invalid_image"
+
+
+class WrongShapeError(RequestError):
+    kind = "wrong_shape"
+
+
+class WrongDatatypeError(RequestError):
+    kind = "wrong_datatype"
+
+
+class ShapeMismatchError(RequestError):
+    kind = "shape_data_mismatch"
+
+
+class InvalidValueError(RequestError):
+    kind = "invalid_value"
+
+
+class TooManyInstancesError(RequestError):
+    kind = "too_many_instances"
+
+
+class UnknownOutputError(RequestError):
+    kind = "unknown_output"
+
+
+class PayloadTooLargeError(RequestError):
+    http_status = 413
+    kind = "payload_too_large"
+
+
+REQUEST_ERRORS: tuple[type[RequestError], ...] = (
+    EmptyBodyError,
+    MalformedRequestError,
+    UnsupportedMediaTypeError,
+    InvalidImageError,
+    WrongShapeError,
+    WrongDatatypeError,
+    ShapeMismatchError,
+    InvalidValueError,
+    TooManyInstancesError,
+    UnknownOutputError,
+    PayloadTooLargeError,
+)
+
+
+def error_body(err: AtelierError) -> dict[str, dict[str, str]]:
+    """The one JSON shape every runtime answers a bad request with."""
+    return {"error": {"type": err.kind, "message": err.message}}
+
+
+def http_answer(err: AtelierError) -> tuple[int, dict[str, dict[str, str]]]:
+    """The one mapping of a typed error to an HTTP answer: (status, body)."""
+    return err.http_status, error_body(err)
+
+
+@contextmanager
+def exit_on_error(echo: Callable[[str], None] | None = None) -> Iterator[None]:
+    """The one tail of every main(): a typed error becomes one line on stderr and its exit
+    code; Ctrl-C becomes "aborted" and 130."""
+    say = echo or (lambda line: print(line, file=sys.stderr))
+    try:
+        yield
+    except AtelierError as exc:
+        say(f"error: {exc.one_line()}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        say("aborted")
+        sys.exit(130)
+
+
+# --- Drift sidecar
+
+
+class InvalidFeedbackError(AtelierError):
+    http_status = 422
+    kind = "invalid_feedback"
+
+
+class UnknownRequestError(AtelierError):
+    """Feedback for a request id (and index) the sidecar has no recent prediction for."""
+
+    http_status = 404
+    kind = "unknown_request"
+
+
+class InvalidLabelError(AtelierError):
+    """A feedback label that is neither a class id nor a class name."""
+
+    http_status = 422
+    kind = "invalid_label"
+
+
+class ReferenceUnavailableError(AtelierError):
+    http_status = 503
+    kind = "reference_unavailable"
+
+
+class NotEnoughDataError(AtelierError):
+    """Too few rows to say anything: "no data" must not be reported as "no drift"."""
+
+    http_status = 409
+    kind = "not_enough_data"
+
+
+class DriftInputError(AtelierError):
+    """A reference or current frame lacks feature columns, or holds no usable values."""
+
+    http_status = 400
+    kind = "drift_input_invalid"
+
+
+class ReportNotFoundError(AtelierError):
+    """No such report, or an id that is not a report id (e.g. a path traversal attempt)."""
+
+    http_status = 404
+    kind = "report_not_found"
+
+
+class ReportWriteError(AtelierError):
+    """The reports folder cannot be written (full, read-only, gone)."""
+
+    http_status = 500
+    kind = "report_write_failed"
+
+
+# --- monitoring: the local Prometheus/Alertmanager stack
+
+
+class MonitoringError(AtelierError):
+    """Prometheus or Alertmanager cannot be started, configured or queried."""
+
+    exit_code = 9
+    kind = "monitoring_error"
+
+
+class PrometheusUnreachableError(MonitoringError):
+    """A Prometheus URL (`atelier dashboards snapshot --prometheus`) does not answer."""
+
+    kind = "prometheus_unreachable"
+
+
+class DashboardQueryError(MonitoringError):
+    """Prometheus answered but rejected dashboard queries; the message names the panels."""
+
+    kind = "dashboard_query_failed"
+
+
+class StaleDashboardsError(MonitoringError):
+    """Generated dashboard JSON differs from a fresh `atelier dashboards build`."""
+
+    kind = "dashboards_stale"

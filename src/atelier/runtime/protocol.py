@@ -1,0 +1,389 @@
+"""The three request protocols, parsed and answered in one place for every runtime.
+
+- raw: image bytes (PNG, JPEG, any size or mode) or a multipart file upload;
+  answer ``{"label", "class_id", "confidence", "top_k", "model_version", "request_id"}``.
+- KServe v1: ``{"instances": [...]}``, each ``{"b64": "<base64 image>"}``, a base64 string
+  or a pixel array (0-255, shape [H, W] or [C, H, W]); answer ``{"predictions": [...]}``.
+- KServe v2 / Open Inference Protocol: one input tensor of datatype UINT8 (0-255) or FP32
+  (0-1), shape [n, H, W] or [n, C, H, W], or BYTES (base64 encoded images), shape [n];
+  answer outputs ``probabilities`` (FP32 [n, classes]) and ``label`` (BYTES [n]).
+
+Every problem raises a RequestError subclass (atelier.runtime.errors), which the runtime turns into
+its HTTP status and ``{"error": {"type", "message"}}``. Only numpy, Pillow and the
+standard library are imported: this module ships inside the .mar.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from atelier.runtime.errors import (
+    EmptyBodyError,
+    InvalidImageError,
+    InvalidValueError,
+    MalformedRequestError,
+    PayloadTooLargeError,
+    ShapeMismatchError,
+    TooManyInstancesError,
+    UnknownOutputError,
+    UnsupportedMediaTypeError,
+    WrongDatatypeError,
+    WrongShapeError,
+)
+from atelier.runtime.inference import ModelSpec
+from atelier.runtime.preprocess import ImageDecodeError, bytes_to_array
+
+OUTPUT_NAMES = ("probabilities", "label")
+V2_DATATYPES = ("UINT8", "FP32", "BYTES")
+IMAGE_FILE_FIELDS = ("data", "file", "image", "body")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_instances: int = 64
+    # Below TorchServe's max_request_size (8 MiB), so bodies in between get our JSON 413.
+    max_payload_bytes: int = 4 * 1024 * 1024
+    default_top_k: int = 5
+
+
+@dataclass
+class Request:
+    protocol: str  # "raw", "v1" or "v2"
+    images: np.ndarray  # uint8 (n, C, H, W)
+    request_id: str
+    top_k: int
+    outputs: tuple[str, ...] = OUTPUT_NAMES
+    v2_input_name: str = "input-0"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _b64_image(value: Any, where: str, spec: ModelSpec) -> np.ndarray:
+    if isinstance(value, dict):
+        if set(value) != {"b64"} or not isinstance(value["b64"], str):
+            raise MalformedRequestError(f'{where}: expected {{"b64": "<base64 image>"}}')
+        value = value["b64"]
+    if not isinstance(value, str):
+        raise MalformedRequestError(
+            f"{where}: expected a base64 string, got {type(value).__name__}"
+        )
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidImageError(f"{where}: not valid base64 ({exc})") from exc
+    return _decode(raw, where, spec)
+
+
+def _decode(raw: bytes, where: str, spec: ModelSpec) -> np.ndarray:
+    if not raw:
+        raise EmptyBodyError(f"{where}: empty image")
+    try:
+        return bytes_to_array(raw, spec.image_size, spec.in_channels)
+    except ImageDecodeError as exc:
+        raise InvalidImageError(f"{where}: {exc}") from exc
+
+
+def _expected_shapes(spec: ModelSpec, batch: bool) -> str:
+    n = "n, " if batch else ""
+    s = spec.image_size
+    chw = f"[{n}{spec.in_channels}, {s}, {s}]"
+    return f"[{n}{s}, {s}] or {chw}" if spec.in_channels == 1 else chw
+
+
+def _pixels(arr: np.ndarray, where: str, spec: ModelSpec, scale: float) -> np.ndarray:
+    """Check a numeric pixel tensor (n, H, W) or (n, C, H, W); return uint8 (n, C, H, W)."""
+    s, c = spec.image_size, spec.in_channels
+    if arr.ndim == 3 and c == 1 and arr.shape[1:] == (s, s):
+        arr = arr[:, None]
+    if arr.ndim != 4 or arr.shape[1:] != (c, s, s):
+        raise WrongShapeError(
+            f"{where}: shape {list(arr.shape)}, expected {_expected_shapes(spec, batch=True)}"
+        )
+    if not np.isfinite(arr).all():
+        raise InvalidValueError(f"{where}: NaN or infinite pixel values")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0 or hi > scale:
+        raise InvalidValueError(
+            f"{where}: pixel values must be in [0, {scale:g}], got [{lo:g}, {hi:g}]"
+        )
+    if scale == 255 and not np.array_equal(arr, np.floor(arr)):
+        raise InvalidValueError(f"{where}: UINT8 pixels must be whole numbers")
+    return np.rint(arr * (255.0 / scale)).astype(np.uint8)
+
+
+def _numeric(data: Any, where: str) -> np.ndarray:
+    try:
+        arr = np.asarray(data, dtype=np.float64)
+    except OverflowError as exc:
+        raise InvalidValueError(f"{where}: a number is too large") from exc
+    except (ValueError, TypeError) as exc:
+        # Ragged nesting or non-numbers: say which.
+        text = str(exc)
+        if "inhomogeneous" in text or "sequence" in text:
+            raise WrongShapeError(f"{where}: ragged array ({text.split(':')[0]})") from exc
+        raise InvalidValueError(f"{where}: not numbers ({text})") from exc
+    return arr
+
+
+def _parse_v1(body: dict[str, Any], spec: ModelSpec, limits: Limits) -> list[np.ndarray]:
+    instances = body.get("instances", body.get("inputs"))
+    if not isinstance(instances, list):
+        raise MalformedRequestError("'instances' must be a list")
+    if not instances:
+        raise MalformedRequestError("'instances' is empty: send at least one image")
+    if len(instances) > limits.max_instances:
+        raise TooManyInstancesError(
+            f"{len(instances)} instances, at most {limits.max_instances} per request"
+        )
+    images = []
+    for i, inst in enumerate(instances):
+        where = f"instances[{i}]"
+        if isinstance(inst, dict | str):
+            images.append(_b64_image(inst, where, spec))
+        elif isinstance(inst, list):
+            arr = _numeric(inst, where)
+            images.append(_pixels(arr[None], where, spec, 255.0)[0])
+        else:
+            raise MalformedRequestError(
+                f'{where}: expected {{"b64": ...}}, a base64 string or a pixel array'
+            )
+    return images
+
+
+def _parse_v2(
+    body: dict[str, Any], spec: ModelSpec, limits: Limits
+) -> tuple[np.ndarray, str | None, tuple[str, ...], str]:
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise MalformedRequestError("'inputs' must be a non-empty list of tensors")
+    if len(inputs) != 1:
+        raise MalformedRequestError(f"expected one input tensor, got {len(inputs)}")
+    tensor = inputs[0]
+    if not isinstance(tensor, dict):
+        raise MalformedRequestError("inputs[0] must be an object with name, shape, datatype, data")
+    missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
+    if missing:
+        raise MalformedRequestError(f"inputs[0] lacks {', '.join(missing)}")
+    name, shape, datatype, data = (
+        tensor["name"],
+        tensor["shape"],
+        tensor["datatype"],
+        tensor["data"],
+    )
+    if not isinstance(name, str):
+        raise MalformedRequestError("inputs[0].name must be a string")
+    if not (
+        isinstance(shape, list)
+        and shape
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise WrongShapeError(
+            f"inputs[0].shape must be a list of non-negative integers, got {shape!r}"
+        )
+    if datatype not in V2_DATATYPES:
+        raise WrongDatatypeError(
+            f"inputs[0].datatype {datatype!r} is not one of {', '.join(V2_DATATYPES)}"
+        )
+    if not isinstance(data, list):
+        raise MalformedRequestError("inputs[0].data must be a list")
+    n = shape[0]
+    if n == 0:
+        raise MalformedRequestError("inputs[0] holds 0 images: send at least one")
+    if n > limits.max_instances:
+        raise TooManyInstancesError(f"{n} images, at most {limits.max_instances} per request")
+    where = "inputs[0]"
+    if datatype == "BYTES":
+        if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
+            raise WrongShapeError(f"{where}: BYTES shape must be [n], got {shape}")
+        if len(data) != n:
+            raise ShapeMismatchError(
+                f"{where}: shape {shape} needs {n} elements, data has {len(data)}"
+            )
+        images = np.stack([_b64_image(v, f"{where}.data[{i}]", spec) for i, v in enumerate(data)])
+    else:
+        arr = _numeric(data, where).reshape(-1)
+        if arr.size != math.prod(shape):
+            raise ShapeMismatchError(
+                f"{where}: shape {shape} needs {math.prod(shape)} values, data has {arr.size}"
+            )
+        images = _pixels(arr.reshape(shape), where, spec, 255.0 if datatype == "UINT8" else 1.0)
+    request_id = body.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise MalformedRequestError("'id' must be a string")
+    outputs = _requested_outputs(body.get("outputs"))
+    return images, request_id, outputs, name
+
+
+def _requested_outputs(raw: Any) -> tuple[str, ...]:
+    if raw is None or raw == []:
+        return OUTPUT_NAMES
+    if not isinstance(raw, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw
+    ):
+        raise MalformedRequestError("'outputs' must be a list of {\"name\": ...}")
+    names = tuple(o["name"] for o in raw)
+    unknown = [n for n in names if n not in OUTPUT_NAMES]
+    if unknown:
+        raise UnknownOutputError(
+            f"unknown output(s) {', '.join(unknown)}; this model has {', '.join(OUTPUT_NAMES)}"
+        )
+    return names
+
+
+def parse_top_k(raw: Any, spec: ModelSpec, limits: Limits) -> int:
+    if raw is None or raw == "":
+        return min(limits.default_top_k, spec.num_classes)
+    try:
+        k = int(raw)
+    except (TypeError, ValueError) as exc:
+        raise MalformedRequestError(f"X-Top-K {raw!r} is not a whole number") from exc
+    if not 1 <= k <= spec.num_classes:
+        raise MalformedRequestError(f"X-Top-K must be between 1 and {spec.num_classes}, got {k}")
+    return k
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def _unsupported(media: str) -> UnsupportedMediaTypeError:
+    return UnsupportedMediaTypeError(
+        f"content type {media} is not supported; send image/png, image/jpeg or application/json"
+    )
+
+
+def parse_request(
+    payload: Any,
+    spec: ModelSpec,
+    limits: Limits,
+    content_type: str | None = None,
+    content_length: int | None = None,
+    top_k: Any = None,
+    request_id: str | None = None,
+) -> Request:
+    """Turn one request body (bytes, decoded JSON or a multipart dict) into images."""
+    if content_length is not None and content_length > limits.max_payload_bytes:
+        raise PayloadTooLargeError(
+            f"body of {content_length} bytes is over the limit of {limits.max_payload_bytes}"
+        )
+    media = _media_type(content_type)
+    if isinstance(payload, bytes | bytearray) and len(payload) > limits.max_payload_bytes:
+        raise PayloadTooLargeError(
+            f"body of {len(payload)} bytes is over the limit of {limits.max_payload_bytes}"
+        )
+    if payload is None or (isinstance(payload, bytes | bytearray | str) and len(payload) == 0):
+        raise EmptyBodyError("empty body: send an image, or KServe v1/v2 JSON")
+    if isinstance(payload, str):
+        if media.startswith("text/"):
+            raise _unsupported(media)
+        payload = payload.encode()
+    if isinstance(payload, bytes | bytearray):
+        raw = bytes(payload)
+        looks_json = raw.lstrip()[:1] in (b"{", b"[")
+        if media == "application/json" or (looks_json and not media.startswith("image/")):
+            try:
+                payload = json.loads(raw)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise MalformedRequestError(f"body is not valid JSON: {exc}") from exc
+            except RecursionError as exc:
+                raise MalformedRequestError("body is nested too deeply") from exc
+        elif media.startswith("text/"):
+            raise _unsupported(media)
+        else:
+            k = parse_top_k(top_k, spec, limits)
+            return Request(
+                "raw", _decode(raw, "body", spec)[None], request_id or new_request_id(), k
+            )
+    if isinstance(payload, list):
+        raise MalformedRequestError(
+            "a JSON body must be an object with 'instances' (v1) or 'inputs' (v2)"
+        )
+    if not isinstance(payload, dict):
+        raise MalformedRequestError(f"unexpected body of type {type(payload).__name__}")
+    k = parse_top_k(top_k, spec, limits)
+    if "instances" in payload or (
+        "inputs" in payload
+        and isinstance(payload["inputs"], list)
+        and not any(
+            isinstance(x, dict) and {"name", "shape", "datatype", "data"} & set(x)
+            for x in payload["inputs"]
+        )
+    ):
+        images = np.stack(_parse_v1(payload, spec, limits))
+        return Request("v1", images, request_id or new_request_id(), k)
+    if "inputs" in payload:
+        tensor, rid, outputs, name = _parse_v2(payload, spec, limits)
+        return Request("v2", tensor, rid or request_id or new_request_id(), k, outputs, name)
+    raise MalformedRequestError(
+        "a JSON body needs 'instances' (KServe v1) or 'inputs' (KServe v2); "
+        f"got keys {sorted(payload)[:5]}"
+    )
+
+
+def pick_upload(fields: dict[str, Any]) -> tuple[Any, str | None]:
+    """The image of a multipart upload: the field named data/file/image, else the only file."""
+    for name in IMAGE_FILE_FIELDS:
+        if name in fields:
+            return fields[name], None
+    files = [v for v in fields.values() if isinstance(v, bytes | bytearray)]
+    if len(files) == 1:
+        return files[0], None
+    raise MalformedRequestError(
+        f"multipart upload: send one file field named {', '.join(IMAGE_FILE_FIELDS[:3])}; "
+        f"got fields {sorted(fields)[:5]}"
+    )
+
+
+def describe(spec: ModelSpec, probs: np.ndarray, top_k: int) -> dict[str, Any]:
+    order = np.argsort(-probs, kind="stable")[: max(1, min(top_k, len(probs)))]
+    best = int(order[0])
+    return {
+        "label": spec.class_names[best],
+        "class_id": best,
+        "confidence": float(probs[best]),
+        "top_k": [
+            {"label": spec.class_names[int(i)], "class_id": int(i), "probability": float(probs[i])}
+            for i in order
+        ],
+    }
+
+
+def format_response(req: Request, probs: np.ndarray, spec: ModelSpec) -> dict[str, Any]:
+    """The answer to one parsed request, given its (n, classes) probabilities."""
+    if req.protocol == "raw":
+        return {
+            **describe(spec, probs[0], req.top_k),
+            "model_version": spec.version,
+            "request_id": req.request_id,
+        }
+    if req.protocol == "v1":
+        return {"predictions": [describe(spec, p, req.top_k) for p in probs]}
+    outputs = []
+    for name in req.outputs:
+        if name == "probabilities":
+            outputs.append({
+                "name": "probabilities", "datatype": "FP32", "shape": list(probs.shape),
+                "data": [float(x) for x in probs.reshape(-1)],
+            })  # fmt: skip
+        else:
+            outputs.append({
+                "name": "label", "datatype": "BYTES", "shape": [len(probs)],
+                "data": [spec.class_names[int(i)] for i in probs.argmax(axis=1)],
+            })  # fmt: skip
+    return {
+        "model_name": spec.name,
+        "model_version": spec.version,
+        "id": req.request_id,
+        "outputs": outputs,
+    }

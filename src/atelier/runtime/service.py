@@ -1,0 +1,153 @@
+"""One batch of requests in, one answer per request out: the code every runtime shares.
+
+A batch may mix protocols and may hold bad requests: each bad request gets its own 4xx
+answer and the good ones are classified together in one forward pass. Step timings come
+back with the answers so each runtime can put them in its own metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from atelier.runtime import metrics
+from atelier.runtime.errors import MalformedRequestError, RequestError, http_answer
+from atelier.runtime.features import all_features
+from atelier.runtime.inference import Classifier
+from atelier.runtime.protocol import Limits, Request, format_response, parse_request, pick_upload
+from atelier.runtime.records import FeatureSpool, make_records
+
+STEPS = metrics.STEPS
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Item:
+    """One request as a runtime received it."""
+
+    payload: Any  # bytes, decoded JSON, or a dict of multipart fields
+    content_type: str | None = None
+    content_length: int | None = None
+    top_k: Any = None
+    request_id: str | None = None  # X-Request-Id, or the runtime's own id
+    multipart: bool = False
+    expect: str | None = None  # the protocol of the route, when the runtime knows it
+
+
+@dataclass
+class Outcome:
+    status: int
+    body: dict[str, Any]
+    protocol: str = "unknown"
+    error: str | None = None  # the error type, for the error counter
+
+
+@dataclass
+class BatchStats:
+    seconds: dict[str, float] = field(default_factory=dict)
+    images: int = 0
+    requests: int = 0
+
+    @property
+    def total_seconds(self) -> float:
+        """Preprocess + inference + postprocess: the handler's time for this batch."""
+        return sum(self.seconds.values())
+
+
+def _guess_protocol(item: Item) -> str:
+    """Label a refused request for the metrics: the route's protocol, else the body's look."""
+    if item.expect:
+        return item.expect
+    payload = item.payload
+    if item.multipart:
+        return "raw"
+    if isinstance(payload, dict):
+        return "v1" if "instances" in payload else "v2" if "inputs" in payload else "unknown"
+    media = (item.content_type or "").split(";")[0].strip().lower()
+    if isinstance(payload, bytes | bytearray) and media != "application/json":
+        return "raw" if bytes(payload[:1]) not in (b"{", b"[") else "unknown"
+    return "unknown"
+
+
+def _refused(err: RequestError, item: Item) -> Outcome:
+    status, body = http_answer(err)
+    return Outcome(status, body, _guess_protocol(item), err.kind)
+
+
+class InferenceService:
+    def __init__(self, classifier: Classifier, limits: Limits | None = None,
+                 spool: FeatureSpool | None = None) -> None:  # fmt: skip
+        self.classifier = classifier
+        self.spec = classifier.spec
+        self.limits = limits or Limits()
+        self.spool = spool
+
+    @classmethod
+    def from_dir(
+        cls, model_dir: Path, version: str | None = None, limits: Limits | None = None
+    ) -> InferenceService:
+        return cls(Classifier.from_dir(model_dir, version=version), limits, FeatureSpool.from_env())
+
+    def _parse(self, item: Item) -> Request:
+        payload, content_type = item.payload, item.content_type
+        if item.multipart:
+            payload, content_type = pick_upload(payload)
+        req = parse_request(
+            payload,
+            self.spec,
+            self.limits,
+            content_type=content_type,
+            content_length=item.content_length,
+            top_k=item.top_k,
+            request_id=item.request_id,
+        )
+        if item.expect and req.protocol != item.expect:
+            names = {"raw": "an image", "v1": "KServe v1 JSON", "v2": "KServe v2 JSON"}
+            raise MalformedRequestError(
+                f"this endpoint takes {names[item.expect]}, the body is {names[req.protocol]}"
+            )
+        return req
+
+    def handle(self, items: list[Item]) -> tuple[list[Outcome], BatchStats]:
+        t0 = time.perf_counter()
+        outcomes: list[Outcome | None] = [None] * len(items)
+        parsed: list[tuple[int, Request]] = []
+        for i, item in enumerate(items):
+            try:
+                parsed.append((i, self._parse(item)))
+            except RequestError as err:
+                outcomes[i] = _refused(err, item)
+            except Exception as exc:  # a parser gap must not fail the other requests of the batch
+                log.exception("request %d of the batch could not be parsed", i)
+                gap = MalformedRequestError(f"request could not be parsed ({type(exc).__name__})")
+                outcomes[i] = _refused(gap, item)
+        stats = BatchStats(requests=len(items))
+        t1 = time.perf_counter()
+        if parsed:
+            batch = np.concatenate([req.images for _, req in parsed])
+            probs = self.classifier.predict_proba(batch, batch_size=max(1, len(batch)))
+            t2 = time.perf_counter()
+            features = all_features(batch, probs) if self.spool else None
+            offset = 0
+            for i, req in parsed:
+                n = len(req.images)
+                outcomes[i] = Outcome(
+                    200, format_response(req, probs[offset : offset + n], self.spec), req.protocol
+                )
+                if self.spool is not None and features is not None:
+                    self.spool.write(
+                        make_records(req.request_id, req.protocol, self.spec.name,
+                                     self.spec.version, features, offset, n)
+                    )  # fmt: skip
+                offset += n
+            stats.images = len(batch)
+        else:
+            t2 = t1
+        t3 = time.perf_counter()
+        stats.seconds = {"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2}
+        return [o for o in outcomes if o is not None], stats

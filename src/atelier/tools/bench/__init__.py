@@ -1,0 +1,1 @@
+"""`atelier bench train | serve | drift | capacity`: benchmarks that print a table."""

@@ -1,0 +1,329 @@
+"""`atelier bench serve`: the in-process limit against TorchServe and the KServe runtime.
+
+Every number comes from one run on this machine. The servers are driven by wrk (a C load
+generator, so the client costs little) over 127.0.0.1; the in-process pipeline (decode +
+preprocess + forward, one thread like one server worker) is the limit they are compared
+against. Nothing here is asserted in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from atelier.runtime.errors import ServerError
+from atelier.runtime.inference import Classifier
+from atelier.runtime.preprocess import encode_png
+from atelier.runtime.records import FeatureSpool
+from atelier.runtime.service import InferenceService, Item
+from atelier.tools.paths import project_file
+from atelier.training.archive import archive_run, current
+from atelier.training.config import DEFAULT_FASHION_MNIST_DIR, load_config
+from atelier.training.data.idx import load_fashion_mnist
+
+WRK_SCRIPT = r"""
+local f = assert(io.open(os.getenv("ATELIER_BODY"), "rb"))
+wrk.body = f:read("*all")
+f:close()
+wrk.method = "POST"
+wrk.headers["Content-Type"] = os.getenv("ATELIER_CONTENT_TYPE")
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "WRKJSON {\"requests\": %d, \"duration_us\": %d, \"p50_us\": %d, \"p99_us\": %d, " ..
+    "\"non2xx\": %d, \"socket_errors\": %d}\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+@dataclass
+class Row:
+    target: str
+    protocol: str
+    images_per_request: int
+    concurrency: int | str
+    req_per_s: float
+    img_per_s: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    limit_img_per_s: float
+
+    @property
+    def ratio(self) -> float:
+        return self.img_per_s / self.limit_img_per_s if self.limit_img_per_s else 0.0
+
+
+def ensure_store(store: Path, work: Path) -> None:
+    if current(store) is not None:
+        return
+    from atelier.training.loop import train
+
+    run = work / "smoke-run"
+    if not (run / "metrics.json").is_file():
+        train(load_config(project_file("training-job/configs/smoke.yaml")), run)
+    archive_run(run, store)
+
+
+def _unpack(store: Path, name: str, dest: Path) -> Path:
+    with zipfile.ZipFile(store / "model-store" / f"{name}.mar") as z:
+        z.extractall(dest)
+    return dest
+
+
+def _timed(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t0) / repeats
+
+
+def in_process(model_dir: Path, pngs: list[bytes], spool_dir: Path) -> dict[str, float]:
+    """Images/s of decode + preprocess + forward, single images and batches of 32, on one
+    thread; and the per-request cost of the feature spool."""
+    torch.set_num_threads(1)
+    clf = Classifier.from_dir(model_dir)
+    n = len(pngs)
+    single = _timed(lambda: [clf.predict_images([p]) for p in pngs], 3) / n
+    chunks = [pngs[i : i + 32] for i in range(0, n - n % 32, 32)]
+    batch = _timed(lambda: [clf.predict_images(c) for c in chunks], 3) / (32 * len(chunks))
+    plain = InferenceService(clf)
+    spooled = InferenceService(clf, spool=FeatureSpool(spool_dir))
+    items = [Item(p, content_type="image/png") for p in pngs]
+    # Interleave the two so machine noise hits both alike.
+    t_plain, t_spool = [], []
+    for _ in range(5):
+        t_plain.append(_timed(lambda: [plain.handle([it]) for it in items], 1) / n)
+        t_spool.append(_timed(lambda: [spooled.handle([it]) for it in items], 1) / n)
+    assert spooled.spool is not None
+    spooled.spool.close()
+    return {
+        "single_img_per_s": 1 / single,
+        "batch32_img_per_s": 1 / batch,
+        "request_s_without_spool": float(np.median(t_plain)),
+        "request_s_with_spool": float(np.median(t_spool)),
+    }
+
+
+def run_wrk(
+    url: str, body: Path, content_type: str, connections: int, seconds: float, script: Path
+) -> dict[str, float]:
+    if shutil.which("wrk") is None:
+        raise ServerError("wrk is not installed", hint="run make setup (apt-get install wrk)")
+    env = {**os.environ, "ATELIER_BODY": str(body), "ATELIER_CONTENT_TYPE": content_type}
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        url,
+    ]
+    out = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False
+    )
+    line = next((x for x in out.stdout.splitlines() if x.startswith("WRKJSON ")), None)
+    if line is None:
+        raise ServerError(f"wrk printed no summary: {out.stdout[-300:]} {out.stderr[-300:]}")
+    r = json.loads(line[len("WRKJSON ") :])
+    return {
+        "req_per_s": r["requests"] / (r["duration_us"] / 1e6),
+        "p50_ms": r["p50_us"] / 1000,
+        "p99_ms": r["p99_us"] / 1000,
+        "non_2xx": r["non2xx"] + r["socket_errors"],
+    }
+
+
+def _bodies(work: Path, x: np.ndarray) -> dict[str, tuple[Path, str, int]]:
+    png = work / "one.png"
+    png.write_bytes(encode_png(x[0]))
+    v2 = work / "v2-32.json"
+    tensor = {
+        "name": "input-0",
+        "shape": [32, 28, 28],
+        "datatype": "UINT8",
+        "data": x[:32, 0].ravel().tolist(),
+    }
+    v2.write_text(json.dumps({"inputs": [tensor]}))
+    return {"raw": (png, "image/png", 1), "v2": (v2, "application/json", 32)}
+
+
+def _start(runtime: str, store: Path, name: str, run_dir: Path, spool: Path | None) -> Any:
+    env = {"ATELIER_SPOOL_DIR": str(spool)} if spool else {}
+    if runtime == "torchserve":
+        from atelier.tools.torchserve import TorchServe, TorchServeSettings
+
+        return TorchServe(
+            TorchServeSettings(store=store, run_dir=run_dir, model_name=name, extra_env=env)
+        )
+    from atelier.tools.kserve import KServeRuntime, KServeSettings
+
+    return KServeRuntime(
+        KServeSettings(store=store, run_dir=run_dir, model_name=name, extra_env=env)
+    )
+
+
+def bench_serve(
+    store: Path, out: Path, seconds: float, concurrency: list[int], runtimes: list[str]
+) -> list[Row]:
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-serve-", dir=out))
+    ensure_store(store, out)
+    cur = current(store)
+    assert cur is not None
+    name = str(cur["name"])
+    x = load_fashion_mnist(DEFAULT_FASHION_MNIST_DIR)["test_x"][:320]
+    pngs = [encode_png(img) for img in x]
+    limit = in_process(_unpack(store, name, work / "model"), pngs, work / "spool-inproc")
+    rows = [
+        Row(
+            "in-process",
+            "decode+forward",
+            1,
+            "-",
+            limit["single_img_per_s"],
+            limit["single_img_per_s"],
+            1000 / limit["single_img_per_s"],
+            float("nan"),
+            0,
+            limit["single_img_per_s"],
+        ),
+        Row(
+            "in-process",
+            "decode+forward",
+            32,
+            "-",
+            limit["batch32_img_per_s"] / 32,
+            limit["batch32_img_per_s"],
+            32000 / limit["batch32_img_per_s"],
+            float("nan"),
+            0,
+            limit["batch32_img_per_s"],
+        ),
+    ]
+    bodies = _bodies(work, x)
+    script = work / "post.lua"
+    script.write_text(WRK_SCRIPT)
+    paths = {"raw": f"/predictions/{name}", "v2": f"/v2/models/{name}/infer"}
+    limits = {"raw": limit["single_img_per_s"], "v2": limit["batch32_img_per_s"]}
+    server_spool: dict[str, float] = {}
+    for runtime in runtimes:
+        with _start(runtime, store, name, work / runtime, work / f"spool-{runtime}") as server:
+            for protocol in ("raw", "v2"):
+                body, ctype, n_img = bodies[protocol]
+                url = server.inference_url + paths[protocol]
+                run_wrk(url, body, ctype, 4, 1.0, script)  # warm-up
+                for c in concurrency:
+                    r = run_wrk(url, body, ctype, c, seconds, script)
+                    rows.append(
+                        Row(
+                            runtime,
+                            protocol,
+                            n_img,
+                            c,
+                            r["req_per_s"],
+                            r["req_per_s"] * n_img,
+                            r["p50_ms"],
+                            r["p99_ms"],
+                            int(r["non_2xx"]),
+                            limits[protocol],
+                        )
+                    )
+            # The spool's cost, side by side: a second server without the spool, both up,
+            # driven in turn (raw, 8 connections) so machine noise hits both alike.
+            with _start(runtime, store, name, work / f"{runtime}-nospool", None) as bare:
+                body, ctype, _ = bodies["raw"]
+                on: list[dict[str, float]] = []
+                off: list[dict[str, float]] = []
+                for _ in range(3):
+                    for target, sink in ((bare, off), (server, on)):
+                        url = target.inference_url + paths["raw"]
+                        sink.append(run_wrk(url, body, ctype, 8, max(2.0, seconds / 2), script))
+                for key, runs in (("on", on), ("off", off)):
+                    server_spool[f"{runtime}_{key}_p50_ms"] = float(
+                        np.median([r["p50_ms"] for r in runs])
+                    )
+                    server_spool[f"{runtime}_{key}_req_per_s"] = float(
+                        np.median([r["req_per_s"] for r in runs])
+                    )
+    _print(rows, limit, server_spool)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (out / f"bench-serve-{stamp}.json").write_text(
+        json.dumps(
+            {
+                "rows": [r.__dict__ | {"ratio": r.ratio} for r in rows],
+                "in_process": limit,
+                "spool": server_spool,
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+def _print(rows: list[Row], limit: dict[str, float], spool: dict[str, float]) -> None:
+    console = Console(width=200)
+    table = Table(title="atelier bench serve (one run, 2-core machine, wrk over 127.0.0.1)")
+    for col in (
+        "target",
+        "protocol",
+        "img/req",
+        "conc",
+        "req/s",
+        "img/s",
+        "p50 ms",
+        "p99 ms",
+        "non-2xx",
+        "x in-process limit",
+    ):
+        table.add_column(col, justify="right" if col not in ("target", "protocol") else "left")
+    for r in rows:
+        table.add_row(
+            r.target,
+            r.protocol,
+            str(r.images_per_request),
+            str(r.concurrency),
+            f"{r.req_per_s:,.0f}",
+            f"{r.img_per_s:,.0f}",
+            f"{r.p50_ms:.2f}",
+            "-" if np.isnan(r.p99_ms) else f"{r.p99_ms:.2f}",
+            str(r.non_2xx),
+            f"{r.ratio:.2f}",
+        )
+    console.print(table)
+    plain, spooled = limit["request_s_without_spool"], limit["request_s_with_spool"]
+    console.print(
+        f"feature spool, in-process: {plain * 1e6:.0f} us/request without, "
+        f"{spooled * 1e6:.0f} us with (+{(spooled / plain - 1) * 100:.1f}%)"
+    )
+    for runtime in ("torchserve", "kserve"):
+        on, off = spool.get(f"{runtime}_on_p50_ms"), spool.get(f"{runtime}_off_p50_ms")
+        if on and off:
+            console.print(
+                f"feature spool, {runtime} raw c=8: p50 {off:.2f} ms without, {on:.2f} ms with "
+                f"(+{(on / off - 1) * 100:.1f}%); req/s "
+                f"{spool[f'{runtime}_off_req_per_s']:,.0f} without, "
+                f"{spool[f'{runtime}_on_req_per_s']:,.0f} with"
+            )
