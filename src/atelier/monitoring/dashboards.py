@@ -640,13 +640,14 @@ def drift() -> db.Dashboard:
         ts(
             "Confidence shift (z-score)",
             "Shift of the mean top-class confidence of each window from the reference, in "
-            "reference standard errors (atelier_drift_confidence_zscore). Dashed: warning "
-            "+-3, critical +-6.",
+            "standard errors of the difference (Welch; atelier_drift_confidence_zscore). "
+            "Dashed: warning +-4, critical +-6; graded only when the mean also moved 2 / 5 "
+            "points.",
             [(sel("atelier_drift_confidence_zscore"), "{{window}}")],
             unit="short",
             w=8,
             h=10,
-            thresholds=_thresholds(RED, (-6, ORANGE), (-3, GREEN), (3, ORANGE), (6, RED)),
+            thresholds=_thresholds(RED, (-6, ORANGE), (-4, GREEN), (4, ORANGE), (6, RED)),
         )
     )
     d = d.with_row(db.Row("Accuracy"))
