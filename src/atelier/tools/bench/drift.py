@@ -178,9 +178,8 @@ def bench_drift(records: int = 100_000, store: Path | None = None) -> dict[str, 
         result["sidecar_rss_mb"] = sidecar_rss(work / "spool", store, work / "sidecar", total)
         det = detection(store, work)
         result["fp_dataset_drift"] = det["fp_dataset_drift"]
-        result["fp_not_ok_by_window"] = {
-            str(f["window"]): f["not_ok"] for f in det["false_positives"]
-        }
+        for fp in det["false_positives"]:
+            result[f"fp_not_ok_window_{fp['window']}"] = float(fp["not_ok"])
     table = Table(title="atelier bench drift (in-process, one run)")
     for col in ("measure", "value", "target"):
         table.add_column(col)
