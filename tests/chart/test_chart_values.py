@@ -1,5 +1,6 @@
 """The chart's pod-level values: ServiceAccounts, labels, extra env and volumes, security
-contexts, drift probes, init-container resources and emptyDir sizes.
+contexts, drift probes, init-container resources and emptyDir sizes; and the KEDA query, which
+comes from monitoring/.
 
 Each value is rendered once with a non-default setting and found where it belongs; the
 defaults are the chart's earlier hard-coded ones (tests/kustomize compares k8s/ with them).
@@ -13,9 +14,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 
 from atelier.runtime.errors import ConfigError
 from atelier.tools.chart import helm_template, rendered
+from atelier.tools.paths import project_file
 
 pytestmark = pytest.mark.chart
 
@@ -353,3 +356,27 @@ def test_schema_refuses_wrong_types_naming_the_path(args: list[str], path: str) 
     message = str(info.value)
     assert "values don't meet the specifications of the schema" in message, message
     assert path in message, message
+
+
+# --------------------------------------------------------------------------- KEDA query
+
+
+def test_keda_queries_come_from_monitoring() -> None:
+    """Both KEDA triggers run monitoring/prometheus/queries/autoscaling.yml's inference_rate."""
+    doc = yaml.safe_load(project_file("monitoring/prometheus/queries/autoscaling.yml").read_text())
+    want = (
+        doc["queries"]["inference_rate"]
+        .replace("$namespace", "ml")
+        .replace("$model", "fashion-mnist")
+    )
+    assert "$" not in want
+    objects = helm_template(
+        set_values=["serving.mode=raw", "serving.autoscaling.raw.mode=keda"], namespace="ml"
+    )
+    (scaled,) = of_kind(tuple(objects), "ScaledObject")
+    assert scaled["spec"]["triggers"][0]["metadata"]["query"] == want
+    objects = helm_template(
+        set_values=["serving.autoscaling.kserve.rawDeployment=keda"], namespace="ml"
+    )
+    (metric,) = predictor(tuple(objects))["autoScaling"]["metrics"]
+    assert metric["external"]["metric"]["query"] == want
