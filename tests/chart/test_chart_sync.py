@@ -30,6 +30,7 @@ def test_every_monitoring_file_is_copied() -> None:
         "monitoring/prometheus/rules/slo.yml",
         "monitoring/prometheus/rules/recording.yml",
         "monitoring/prometheus/rules/alerts.yml",
+        "monitoring/prometheus/queries/autoscaling.yml",
         "monitoring/alertmanager/alertmanager.yml",
         "monitoring/grafana/dashboards/atelier-serving.json",
         "monitoring/grafana/dashboards/atelier-drift.json",

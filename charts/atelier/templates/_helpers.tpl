@@ -1,5 +1,9 @@
 {{/*
-Helpers of the atelier chart. Every helper is prefixed with the chart name.
+General helpers of the atelier chart: names, labels, image references, ServiceAccounts,
+pull secrets, security contexts, the model store and the checks on values. Pod-spec fragments
+live beside them: _serving.tpl (TorchServe, the drift sidecar), _training.tpl (the training
+Job), _monitoring.tpl (rules, routes, the bundled stack). Every helper is prefixed with the
+chart name.
 */}}
 
 {{/* The chart name. */}}
@@ -77,42 +81,78 @@ Usage: include "atelier.image" (list . .Values.serving.image)
 {{- end -}}
 {{- end -}}
 
-{{/* imagePullSecrets block for a pod spec. */}}
+{{/*
+The imagePullSecrets block of a pod spec, on a new line at the given indent; nothing at all
+when there are none. Every pod uses it.
+Usage: {{- include "atelier.imagePullSecrets" (list . 6) }}
+*/}}
 {{- define "atelier.imagePullSecrets" -}}
-{{- with .Values.imagePullSecrets }}
-imagePullSecrets:
-{{- range . }}
-  - name: {{ . }}
-{{- end }}
-{{- end }}
+{{- $root := index . 0 -}}
+{{- $indent := index . 1 -}}
+{{- with $root.Values.imagePullSecrets -}}
+{{- $items := list -}}
+{{- range . -}}
+{{- $items = append $items (dict "name" .) -}}
+{{- end -}}
+{{- toYaml (dict "imagePullSecrets" $items) | nindent $indent -}}
+{{- end -}}
 {{- end -}}
 
-{{/* Pod security context. Usage: include "atelier.podSecurityContext" 10001 */}}
+{{/*
+A map as YAML with the given keys first, in that order, and the others sorted after them:
+values rendered from maps keep the key order of Kubernetes' documentation (and of k8s/).
+Usage: include "atelier.toYamlOrdered" (list $map (list "requests" "limits"))
+*/}}
+{{- define "atelier.toYamlOrdered" -}}
+{{- $m := index . 0 | default dict -}}
+{{- $order := index . 1 -}}
+{{- $parts := list -}}
+{{- range $order -}}
+{{- if hasKey $m . -}}
+{{- $parts = append $parts (toYaml (dict . (get $m .))) -}}
+{{- end -}}
+{{- end -}}
+{{- range $k := keys $m | sortAlpha -}}
+{{- if not (has $k $order) -}}
+{{- $parts = append $parts (toYaml (dict $k (get $m $k))) -}}
+{{- end -}}
+{{- end -}}
+{{- join "\n" $parts -}}
+{{- end -}}
+
+{{/* A pod security context value. Usage: include "atelier.podSecurityContext" .Values.serving.podSecurityContext */}}
 {{- define "atelier.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: {{ . }}
-runAsGroup: {{ . }}
-fsGroup: {{ . }}
-seccompProfile:
-  type: RuntimeDefault
+{{- include "atelier.toYamlOrdered" (list . (list "runAsNonRoot" "runAsUser" "runAsGroup" "fsGroup" "seccompProfile")) -}}
 {{- end -}}
 
-{{/* Container security context: non-root, read-only root, no privilege, no capability. */}}
+{{/* A container security context value. Usage: include "atelier.containerSecurityContext" .Values.drift.securityContext */}}
 {{- define "atelier.containerSecurityContext" -}}
-runAsNonRoot: true
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-privileged: false
-capabilities:
-  drop:
-    - ALL
-seccompProfile:
-  type: RuntimeDefault
+{{- include "atelier.toYamlOrdered" (list . (list "runAsNonRoot" "allowPrivilegeEscalation" "readOnlyRootFilesystem" "privileged" "capabilities" "seccompProfile")) -}}
 {{- end -}}
 
-{{/* ServiceAccount names, one per component. */}}
+{{/* Container resources (requests before limits). Usage: include "atelier.resources" .Values.drift.resources */}}
+{{- define "atelier.resources" -}}
+{{- include "atelier.toYamlOrdered" (list . (list "requests" "limits")) -}}
+{{- end -}}
+
+{{/*
+A component's ServiceAccount name. A component with a <component>.serviceAccount value
+(training, serving) follows create/name: created, it is name or <fullname>-<component>; not
+created, it is name or "default". Other components always get their own.
+Usage: include "atelier.serviceAccountName" (list . "serving")
+*/}}
 {{- define "atelier.serviceAccountName" -}}
-{{- include "atelier.componentName" . -}}
+{{- $root := index . 0 -}}
+{{- $values := get $root.Values (index . 1) -}}
+{{- $sa := dict -}}
+{{- if kindIs "map" $values -}}
+{{- $sa = get $values "serviceAccount" | default dict -}}
+{{- end -}}
+{{- if or (not (hasKey $sa "create")) $sa.create -}}
+{{- default (include "atelier.componentName" .) $sa.name -}}
+{{- else -}}
+{{- default "default" $sa.name -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The model store claim. */}}
@@ -129,43 +169,9 @@ seccompProfile:
 {{- printf "store:%s" (trimPrefix "s3://" .Values.modelStore.objectStore.uri | trimSuffix "/") -}}
 {{- end -}}
 
-{{/* True ("true") when a pinned version is served. */}}
-{{- define "atelier.pinned" -}}
-{{- if ne (toString .Values.serving.modelVersion) "current" -}}true{{- end -}}
-{{- end -}}
-
-{{/* The served version's path under the store root: "" (current) or versions/<v>. */}}
-{{- define "atelier.versionPath" -}}
-{{- if include "atelier.pinned" . -}}
-{{- printf "versions/%s" (toString .Values.serving.modelVersion) -}}
-{{- end -}}
-{{- end -}}
-
-{{/*
-The InferenceService storageUri: the served version's folder, a complete KServe TorchServe
-storage layout (config/config.properties + model-store/<name>.mar).
-*/}}
-{{- define "atelier.storageUri" -}}
-{{- if eq .Values.modelStore.type "pvc" -}}
-{{- $path := include "atelier.versionPath" . -}}
-{{- if $path -}}
-{{- printf "pvc://%s/%s" (include "atelier.storeClaim" .) $path -}}
-{{- else -}}
-{{- printf "pvc://%s" (include "atelier.storeClaim" .) -}}
-{{- end -}}
-{{- else -}}
-{{- printf "%s/%s" (trimSuffix "/" .Values.modelStore.objectStore.uri) (include "atelier.versionPath" .) -}}
-{{- end -}}
-{{- end -}}
-
 {{/* The InferenceService name: short enough for KServe's and Knative's derived names. */}}
 {{- define "atelier.isvcName" -}}
 {{- default (include "atelier.fullname" .) .Values.serving.kserve.name | trunc 33 | trimSuffix "-" -}}
-{{- end -}}
-
-{{/* Knative (Serverless) deployment mode? */}}
-{{- define "atelier.knative" -}}
-{{- if has .Values.serving.kserve.deploymentMode (list "Knative" "Serverless") -}}true{{- end -}}
 {{- end -}}
 
 {{/* The Service (name and port) that answers inference requests, for Ingress, NOTES and tests. */}}
@@ -211,258 +217,6 @@ envFrom:
   - secretRef:
       name: {{ . }}
 {{- end }}
-{{- end -}}
-
-{{/*
-The model-ready check: the management API (127.0.0.1 only) lists a READY worker of the model.
-TorchServe 0.12 answers /ping with Healthy before the model is loaded, and it serves no KServe
-readiness route (/v1/models/<name>, /v2/models/<name>/ready answer 404) without an envelope.
-*/}}
-{{- define "atelier.modelReadyCommand" -}}
-- python3
-- -c
-- >-
-  import json, sys, urllib.request;
-  d = json.load(urllib.request.urlopen("http://127.0.0.1:{{ .Values.serving.ports.management }}/models/{{ .Values.model.name }}", timeout=4));
-  sys.exit(0 if any(w.get("status") == "READY" for m in d for w in m.get("workers", [])) else 1)
-{{- end -}}
-
-{{/* The TorchServe container's command (the same in the ServingRuntime and in raw mode). */}}
-{{- define "atelier.torchserveCommand" -}}
-- tini
-- -g
-- --
-- torchserve
-- --start
-- --foreground
-- --ncs
-- --disable-token-auth
-- --model-store
-- /mnt/models/model-store
-- --ts-config
-- /mnt/models/config/config.properties
-{{- end -}}
-
-{{/* The TorchServe container's environment: addresses, writable dirs, the feature spool. */}}
-{{- define "atelier.torchserveEnv" -}}
-- name: TS_INFERENCE_ADDRESS
-  value: http://0.0.0.0:{{ .Values.serving.ports.inference }}
-- name: TS_MANAGEMENT_ADDRESS
-  value: http://127.0.0.1:{{ .Values.serving.ports.management }}
-- name: TS_METRICS_ADDRESS
-  value: http://0.0.0.0:{{ .Values.serving.ports.metrics }}
-- name: TS_GRPC_INFERENCE_ADDRESS
-  value: 127.0.0.1
-- name: TS_GRPC_MANAGEMENT_ADDRESS
-  value: 127.0.0.1
-- name: TEMP
-  value: /tmp
-- name: TMPDIR
-  value: /tmp
-- name: HOME
-  value: /tmp
-- name: LOG_LOCATION
-  value: /tmp/logs
-- name: METRICS_LOCATION
-  value: /tmp/logs
-- name: JAVA_TOOL_OPTIONS
-  value: -Djava.io.tmpdir=/tmp
-- name: OMP_NUM_THREADS
-  value: {{ .Values.serving.ompNumThreads | quote }}
-- name: PYTHONPATH
-  value: ""
-{{- if .Values.drift.enabled }}
-- name: ATELIER_SPOOL_DIR
-  value: /var/run/atelier/spool
-- name: ATELIER_SPOOL_MAX_BYTES
-  value: {{ .Values.serving.spool.maxBytes | int64 | quote }}
-- name: ATELIER_SPOOL_BACKUPS
-  value: {{ .Values.serving.spool.backups | quote }}
-{{- end }}
-{{- end -}}
-
-{{/* TorchServe's ports. */}}
-{{- define "atelier.torchservePorts" -}}
-- name: {{ if include "atelier.knative" . }}http1{{ else }}http{{ end }}
-  containerPort: {{ .Values.serving.ports.inference }}
-  protocol: TCP
-{{- if not (include "atelier.knative" .) }}
-- name: metrics
-  containerPort: {{ .Values.serving.ports.metrics }}
-  protocol: TCP
-{{- end }}
-{{- end -}}
-
-{{/* TorchServe's probes: startup and readiness = model ready; liveness = /ping. */}}
-{{- define "atelier.torchserveProbes" -}}
-{{- $p := .Values.serving.probes -}}
-startupProbe:
-  exec:
-    command:
-      {{- include "atelier.modelReadyCommand" . | nindent 6 }}
-  periodSeconds: {{ $p.startup.periodSeconds }}
-  timeoutSeconds: {{ $p.startup.timeoutSeconds }}
-  failureThreshold: {{ $p.startup.failureThreshold }}
-readinessProbe:
-  exec:
-    command:
-      {{- include "atelier.modelReadyCommand" . | nindent 6 }}
-  periodSeconds: {{ $p.readiness.periodSeconds }}
-  timeoutSeconds: {{ $p.readiness.timeoutSeconds }}
-  failureThreshold: {{ $p.readiness.failureThreshold }}
-livenessProbe:
-  httpGet:
-    path: /ping
-    port: {{ .Values.serving.ports.inference }}
-  periodSeconds: {{ $p.liveness.periodSeconds }}
-  timeoutSeconds: {{ $p.liveness.timeoutSeconds }}
-  failureThreshold: {{ $p.liveness.failureThreshold }}
-{{- end -}}
-
-{{/* TorchServe's mounts (the model itself is mounted by KServe, or by the raw Deployment). */}}
-{{- define "atelier.torchserveMounts" -}}
-- name: tmp
-  mountPath: /tmp
-{{- if .Values.drift.enabled }}
-- name: spool
-  mountPath: /var/run/atelier/spool
-{{- end }}
-{{- end -}}
-
-{{/*
-The drift sidecar. It reads the spool TorchServe writes (shared emptyDir), the store root
-read-only (CURRENT.json and versions/<v>/model-store/<name>.mar hold the reference profile),
-and writes its state and reports into an emptyDir. Readiness is /healthz, not /readyz: a
-sidecar without a reference yet (no version published, or no traffic from the pinned one)
-must not hold the whole pod out of the Service.
-*/}}
-{{- define "atelier.driftContainer" -}}
-- name: drift
-  image: {{ include "atelier.image" (list . .Values.drift.image) }}
-  imagePullPolicy: {{ .Values.drift.image.pullPolicy }}
-  {{- if not (include "atelier.knative" .) }}
-  ports:
-    - name: drift
-      containerPort: {{ .Values.drift.port }}
-      protocol: TCP
-  {{- end }}
-  env:
-    - name: ATELIER_DRIFT_HOST
-      value: 0.0.0.0
-    - name: ATELIER_DRIFT_PORT
-      value: {{ .Values.drift.port | quote }}
-    - name: ATELIER_DRIFT_SPOOL_DIR
-      value: /var/run/atelier/spool
-    - name: ATELIER_DRIFT_STORE
-      value: /mnt/store
-    - name: ATELIER_DRIFT_STATE_DIR
-      value: /var/lib/atelier/drift/state
-    - name: ATELIER_DRIFT_REPORTS_DIR
-      value: /var/lib/atelier/drift/reports
-    - name: HOME
-      value: /tmp
-    - name: MPLCONFIGDIR
-      value: /tmp/matplotlib
-    {{- range $key, $value := .Values.drift.settings }}
-    - name: {{ printf "ATELIER_DRIFT_%s" (upper $key) }}
-      value: {{ $value | toString | quote }}
-    {{- end }}
-  {{- /* Knative probes sidecars only with its multi-container-probing feature: none there. */}}
-  {{- if not (include "atelier.knative" .) }}
-  readinessProbe:
-    httpGet:
-      path: /healthz
-      port: {{ .Values.drift.port }}
-    periodSeconds: 10
-    timeoutSeconds: 3
-  livenessProbe:
-    httpGet:
-      path: /healthz
-      port: {{ .Values.drift.port }}
-    initialDelaySeconds: 10
-    periodSeconds: 20
-    timeoutSeconds: 5
-    failureThreshold: 6
-  {{- end }}
-  resources:
-    {{- toYaml .Values.drift.resources | nindent 4 }}
-  securityContext:
-    {{- include "atelier.containerSecurityContext" . | nindent 4 }}
-  volumeMounts:
-    - name: spool
-      mountPath: /var/run/atelier/spool
-    - name: store
-      mountPath: /mnt/store
-      readOnly: true
-    - name: drift-data
-      mountPath: /var/lib/atelier/drift
-    - name: drift-tmp
-      mountPath: /tmp
-{{- end -}}
-
-{{/* Volumes of a serving pod except the model itself. */}}
-{{- define "atelier.servingVolumes" -}}
-- name: tmp
-  emptyDir:
-    sizeLimit: {{ .Values.serving.tmpSizeLimit }}
-{{- if .Values.drift.enabled }}
-- name: spool
-  emptyDir:
-    sizeLimit: {{ .Values.serving.spool.sizeLimit }}
-- name: drift-data
-  emptyDir:
-    sizeLimit: {{ .Values.drift.dataSizeLimit }}
-- name: drift-tmp
-  emptyDir:
-    sizeLimit: 256Mi
-{{- if eq .Values.modelStore.type "objectStore" }}
-- name: store
-  emptyDir:
-    sizeLimit: 1Gi
-{{- end }}
-{{- end }}
-{{- /* The claim, once per pod: raw mode's TorchServe and the drift sidecar mount the same volume. */}}
-{{- if and (eq .Values.modelStore.type "pvc") (or .Values.drift.enabled (eq .Values.serving.mode "raw")) }}
-- name: store
-  persistentVolumeClaim:
-    claimName: {{ include "atelier.storeClaim" . }}
-    readOnly: true
-{{- end }}
-{{- end -}}
-
-{{/*
-Object store mode: an init container that copies the store's CURRENT.json and the served
-version's archive into the drift sidecar's store folder (the layout load_reference reads).
-*/}}
-{{- define "atelier.fetchReferenceInitContainer" -}}
-- name: fetch-reference
-  image: {{ include "atelier.image" (list . .Values.modelStore.objectStore.image) }}
-  imagePullPolicy: {{ .Values.modelStore.objectStore.image.pullPolicy }}
-  args:
-    - copy
-    - {{ include "atelier.rcloneRoot" . }}
-    - /mnt/store
-    - --include
-    - CURRENT.json
-    - --include
-    - {{ printf "versions/%s/model-store/**" (toString .Values.serving.modelVersion) }}
-  env:
-    {{- include "atelier.rcloneEnv" . | nindent 4 }}
-  {{- include "atelier.rcloneEnvFrom" . | nindent 2 }}
-  resources:
-    requests:
-      cpu: 50m
-      memory: 64Mi
-    limits:
-      cpu: 500m
-      memory: 256Mi
-  securityContext:
-    {{- include "atelier.containerSecurityContext" . | nindent 4 }}
-  volumeMounts:
-    - name: store
-      mountPath: /mnt/store
-    - name: drift-tmp
-      mountPath: /tmp
 {{- end -}}
 
 {{/* Validate combinations the schema cannot express; fail with a message naming the key. */}}

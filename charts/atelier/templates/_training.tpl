@@ -32,6 +32,9 @@ template:
   metadata:
     labels:
       {{- include "atelier.selectorLabels" (list . "training") | nindent 6 }}
+      {{- with $t.podLabels }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
     {{- with $t.podAnnotations }}
     annotations:
       {{- toYaml . | nindent 6 }}
@@ -41,8 +44,8 @@ template:
     serviceAccountName: {{ include "atelier.serviceAccountName" (list . "training") }}
     automountServiceAccountToken: false
     securityContext:
-      {{- include "atelier.podSecurityContext" 10001 | nindent 6 }}
-    {{- include "atelier.imagePullSecrets" . | nindent 4 }}
+      {{- include "atelier.podSecurityContext" $t.podSecurityContext | nindent 6 }}
+    {{- include "atelier.imagePullSecrets" (list . 4) }}
     initContainers:
       {{- if $object }}
       - name: fetch-store
@@ -113,11 +116,11 @@ template:
           sizeLimit: {{ $t.workSizeLimit }}
       - name: tmp
         emptyDir:
-          sizeLimit: 1Gi
+          sizeLimit: {{ $t.tmpSizeLimit }}
       {{- if $object }}
       - name: store
         emptyDir:
-          sizeLimit: 2Gi
+          sizeLimit: {{ $t.storeSizeLimit }}
       {{- else }}
       - name: store
         persistentVolumeClaim:
@@ -128,6 +131,9 @@ template:
         persistentVolumeClaim:
           claimName: {{ $t.imageFolder.claimName }}
           readOnly: true
+      {{- end }}
+      {{- with $t.extraVolumes }}
+      {{- toYaml . | nindent 6 }}
       {{- end }}
     {{- with $t.nodeSelector }}
     nodeSelector:
@@ -154,8 +160,11 @@ env:
     value: /tmp/matplotlib
   - name: PYTHONDONTWRITEBYTECODE
     value: "1"
+  {{- with .Values.training.extraEnv }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 securityContext:
-  {{- include "atelier.containerSecurityContext" . | nindent 2 }}
+  {{- include "atelier.containerSecurityContext" .Values.training.securityContext | nindent 2 }}
 volumeMounts:
   - name: config
     mountPath: /etc/atelier
@@ -170,6 +179,9 @@ volumeMounts:
   - name: data
     mountPath: /data
     readOnly: true
+  {{- end }}
+  {{- with .Values.training.extraVolumeMounts }}
+  {{- toYaml . | nindent 2 }}
   {{- end }}
 {{- end -}}
 
@@ -191,12 +203,7 @@ args:
   {{- end }}
 {{ include "atelier.trainingContainerCommon" . }}
 resources:
-  requests:
-    cpu: 100m
-    memory: 256Mi
-  limits:
-    cpu: "1"
-    memory: 1Gi
+  {{- include "atelier.resources" .Values.training.archive.resources | nindent 2 }}
 {{- end -}}
 
 {{/* An rclone container on the "store" remote (object store mode). */}}
@@ -207,14 +214,9 @@ env:
   {{- include "atelier.rcloneEnv" . | nindent 2 }}
 {{- include "atelier.rcloneEnvFrom" . }}
 securityContext:
-  {{- include "atelier.containerSecurityContext" . | nindent 2 }}
+  {{- include "atelier.containerSecurityContext" .Values.training.securityContext | nindent 2 }}
 resources:
-  requests:
-    cpu: 50m
-    memory: 64Mi
-  limits:
-    cpu: 500m
-    memory: 256Mi
+  {{- include "atelier.resources" .Values.modelStore.objectStore.resources | nindent 2 }}
 volumeMounts:
   - name: store
     mountPath: /mnt/store

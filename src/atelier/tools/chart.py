@@ -1,7 +1,8 @@
 """`atelier chart`: keep the Helm chart's copies of monitoring/ in step, and render the chart.
 
 Helm's `.Files` cannot read outside the chart folder, so the chart ships byte-identical copies
-of the monitoring files (the one source of truth) under charts/atelier/files/. `sync` writes
+of the monitoring files (the one source of truth: rules, autoscaling queries, Alertmanager
+routing, dashboards) under charts/atelier/files/. `sync` writes
 them, `stale` names the copies that differ; tests/chart/test_chart_sync.py fails on any.
 
 `helm_template` renders the chart with the pinned Helm binary (.tools/bin/helm, installed by
@@ -28,6 +29,7 @@ HELM = ".tools/bin/helm"
 # monitoring/ source glob -> folder under charts/atelier/files/
 SYNCED: tuple[tuple[str, str, str], ...] = (
     ("monitoring/prometheus/rules", "*.yml", "prometheus/rules"),
+    ("monitoring/prometheus/queries", "*.yml", "prometheus/queries"),
     ("monitoring/alertmanager", "alertmanager.yml", "alertmanager"),
     ("monitoring/grafana/dashboards", "*.json", "grafana/dashboards"),
 )
