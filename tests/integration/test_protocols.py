@@ -11,6 +11,7 @@ import base64
 import io
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from atelier.runtime.inference import Classifier
 from atelier.runtime.preprocess import encode_png
 from atelier.training.data.idx import load_fashion_mnist
 from atelier.training.loop import RunResult
+from support.hostile_images import nan_tiff, png_bomb
 
 pytestmark = pytest.mark.integration
 
@@ -188,6 +190,13 @@ def test_parity_200_images_over_v2(client: Client, images, clf: Classifier) -> N
 PNG_OK = encode_png(np.zeros((28, 28), np.uint8))
 PIX = np.zeros((1, 28, 28), np.uint8)
 Send = Callable[[Client], requests.Response]
+# Decompression bombs, by content (the whole image is there, zeros compress to ~150 KB) and
+# by header (the size is declared, the data is one row).
+BOMB_16BIT = png_bomb(8900, 8900, bit_depth=16)
+BOMB_16BIT_HEADER = png_bomb(8900, 8900, bit_depth=16, rows=1)
+BOMB_PALETTE = png_bomb(8900, 8900, colour_type=3)
+BLANK_6300 = b64(png_bomb(6300, 6300))
+BLANK_2048 = b64(png_bomb(2048, 2048))
 
 BAD_REQUESTS: list[tuple[str, Send, int, str]] = [
     ("raw empty body", lambda c: c.raw(b""), 400, "empty_body"),
@@ -239,6 +248,23 @@ BAD_REQUESTS: list[tuple[str, Send, int, str]] = [
     ("v2 10000 instances", lambda c: c.v2({"inputs": [{"name": "x", "shape": [10_000, 28, 28],
                                                         "datatype": "UINT8", "data": [0]}]}), 400,
      "too_many_instances"),
+    ("raw 16-bit bomb", lambda c: c.raw(BOMB_16BIT), 413, "image_too_large"),
+    ("raw 16-bit bomb by header", lambda c: c.raw(BOMB_16BIT_HEADER), 413, "image_too_large"),
+    ("raw palette bomb", lambda c: c.raw(BOMB_PALETTE), 413, "image_too_large"),
+    ("v1 64 blank 6300x6300", lambda c: c.v1({"instances": [{"b64": BLANK_6300}] * 64}), 413,
+     "image_too_large"),
+    ("v1 over the request budget", lambda c: c.v1({"instances": [{"b64": BLANK_2048}] * 5}), 413,
+     "image_too_large"),
+    ("v2 bytes bomb", lambda c: c.v2({"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES",
+                                                   "data": [b64(BOMB_16BIT)]}]}), 413, "image_too_large"),
+    ("raw NaN float tiff", lambda c: c.raw(nan_tiff(), content_type="image/tiff"), 400, "invalid_image"),
+    ("v1 boolean pixels", lambda c: c.v1({"instances": [[[True] * 28] * 28]}), 400, "invalid_value"),
+    ("v2 UINT8 as strings", lambda c: c.v2({"inputs": [{"name": "x", "shape": [1, 28, 28], "datatype": "UINT8",
+                                                         "data": ["7"] * 784}]}), 400, "invalid_value"),
+    ("v2 1 MB id", lambda c: c.v2({"id": "x" * 1_000_000, "inputs": [v2_tensor(PIX, "UINT8")]}), 400,
+     "invalid_request_id"),
+    ("raw long X-Request-Id", lambda c: c.raw(PNG_OK, **{"X-Request-Id": "r" * 1000}), 400,
+     "invalid_request_id"),
 ]  # fmt: skip
 
 
@@ -254,6 +280,49 @@ def test_bad_request_gets_its_error(
     assert set(body) == {"error"}
     assert body["error"]["type"] == kind
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+
+
+def worker_pids(server: Any) -> list[int]:
+    """The processes that decode images: TorchServe's Python workers, or the KServe server."""
+    import psutil
+
+    root = psutil.Process(server.proc.pid)
+    procs = [root, *root.children(recursive=True)]
+    workers = [p.pid for p in procs if "model_service_worker" in " ".join(p.cmdline())]
+    return workers or [p.pid for p in procs if "python" in p.name()]
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM: the process's peak resident set since it started, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+# The documented bound (handlers/README.md): one request costs at most ~60 MB above what the
+# worker already held; the margin covers the allocator keeping freed pages.
+BOMB_RSS_GROWTH_MB = 150
+
+
+def test_bombs_leave_the_workers_peak_rss_bounded(
+    client: Client, server: Any, images, clf: Classifier
+) -> None:
+    pids = worker_pids(server)
+    assert pids
+    before = {pid: peak_rss_mb(pid) for pid in pids}
+    bombs = [c for c in BAD_REQUESTS if c[3] == "image_too_large"]
+    for _ in range(2):
+        for case, send, status, kind in bombs:
+            r = send(client)
+            assert (r.status_code, r.json()["error"]["type"]) == (status, kind), case
+    after = {pid: peak_rss_mb(pid) for pid in pids}
+    growth = {pid: after[pid] - before[pid] for pid in pids}
+    assert max(growth.values()) <= BOMB_RSS_GROWTH_MB, (before, after)
+    x, _ = images
+    r = client.raw(encode_png(x[7]))
+    assert r.status_code == 200
+    assert r.json()["class_id"] == int(clf.predict_proba(x[7:8])[0].argmax())
 
 
 def test_ten_megabyte_body_is_refused_with_4xx(client: Client) -> None:

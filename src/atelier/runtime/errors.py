@@ -154,6 +154,20 @@ class PayloadTooLargeError(RequestError):
     kind = "payload_too_large"
 
 
+class ImageTooLargeError(RequestError):
+    """An image (or the request's images together) declares more pixels than the budget."""
+
+    http_status = 413
+    kind = "image_too_large"
+
+
+class InvalidRequestIdError(RequestError):
+    """A request id (X-Request-Id, or v2's id) too long or with characters it may not hold:
+    it is copied into every feature record."""
+
+    kind = "invalid_request_id"
+
+
 REQUEST_ERRORS: tuple[type[RequestError], ...] = (
     EmptyBodyError,
     MalformedRequestError,
@@ -166,6 +180,8 @@ REQUEST_ERRORS: tuple[type[RequestError], ...] = (
     TooManyInstancesError,
     UnknownOutputError,
     PayloadTooLargeError,
+    ImageTooLargeError,
+    InvalidRequestIdError,
 )
 
 

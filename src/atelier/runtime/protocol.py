@@ -19,6 +19,7 @@ import base64
 import binascii
 import json
 import math
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,9 @@ import numpy as np
 
 from atelier.runtime.errors import (
     EmptyBodyError,
+    ImageTooLargeError,
     InvalidImageError,
+    InvalidRequestIdError,
     InvalidValueError,
     MalformedRequestError,
     PayloadTooLargeError,
@@ -39,7 +42,12 @@ from atelier.runtime.errors import (
     WrongShapeError,
 )
 from atelier.runtime.inference import ModelSpec
-from atelier.runtime.preprocess import ImageDecodeError, bytes_to_array
+from atelier.runtime.preprocess import (
+    ImageDecodeError,
+    PixelBudget,
+    PixelBudgetError,
+    bytes_to_array,
+)
 
 OUTPUT_NAMES = ("probabilities", "label")
 V2_DATATYPES = ("UINT8", "FP32", "BYTES")
@@ -52,6 +60,31 @@ class Limits:
     # Below TorchServe's max_request_size (8 MiB), so bodies in between get our JSON 413.
     max_payload_bytes: int = 4 * 1024 * 1024
     default_top_k: int = 5
+    # Decoded pixels per image and per request, checked from each image's header before
+    # its pixels are decoded (see atelier.runtime.preprocess.PixelBudget).
+    max_image_pixels: int = 2048 * 2048
+    max_request_pixels: int = 4 * 2048 * 2048
+    # Request ids are copied into every image's feature record.
+    max_request_id_length: int = 128
+
+    def budget(self) -> PixelBudget:
+        return PixelBudget(self.max_image_pixels, self.max_request_pixels)
+
+
+# What a request id may hold: enough for UUIDs, trace ids and "<client>-<n>" names.
+REQUEST_ID_CHARS = re.compile(r"[A-Za-z0-9._:/@+=-]+")
+
+
+def check_request_id(value: str, where: str, limits: Limits) -> str:
+    if len(value) > limits.max_request_id_length:
+        raise InvalidRequestIdError(
+            f"{where} has {len(value):,} characters, at most {limits.max_request_id_length}"
+        )
+    if not REQUEST_ID_CHARS.fullmatch(value):
+        raise InvalidRequestIdError(
+            f"{where} {value[:40]!r} may hold only letters, digits and . _ : / @ + = -"
+        )
+    return value
 
 
 @dataclass
@@ -69,7 +102,7 @@ def new_request_id() -> str:
     return str(uuid.uuid4())
 
 
-def _b64_image(value: Any, where: str, spec: ModelSpec) -> np.ndarray:
+def _b64_image(value: Any, where: str, spec: ModelSpec, budget: PixelBudget) -> np.ndarray:
     if isinstance(value, dict):
         if set(value) != {"b64"} or not isinstance(value["b64"], str):
             raise MalformedRequestError(f'{where}: expected {{"b64": "<base64 image>"}}')
@@ -82,14 +115,16 @@ def _b64_image(value: Any, where: str, spec: ModelSpec) -> np.ndarray:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidImageError(f"{where}: not valid base64 ({exc})") from exc
-    return _decode(raw, where, spec)
+    return _decode(raw, where, spec, budget)
 
 
-def _decode(raw: bytes, where: str, spec: ModelSpec) -> np.ndarray:
+def _decode(raw: bytes, where: str, spec: ModelSpec, budget: PixelBudget) -> np.ndarray:
     if not raw:
         raise EmptyBodyError(f"{where}: empty image")
     try:
-        return bytes_to_array(raw, spec.image_size, spec.in_channels)
+        return bytes_to_array(raw, spec.image_size, spec.in_channels, budget, where)
+    except PixelBudgetError as exc:
+        raise ImageTooLargeError(str(exc)) from exc
     except ImageDecodeError as exc:
         raise InvalidImageError(f"{where}: {exc}") from exc
 
@@ -124,7 +159,13 @@ def _pixels(arr: np.ndarray, where: str, spec: ModelSpec, scale: float) -> np.nd
 
 def _numeric(data: Any, where: str) -> np.ndarray:
     try:
-        arr = np.asarray(data, dtype=np.float64)
+        arr = np.asarray(data)
+        if arr.dtype.kind not in "iuf":
+            # Booleans, strings ("12"), nulls and objects are not pixel values, even where
+            # numpy would convert them.
+            kind = {"b": "booleans", "U": "strings", "S": "strings"}.get(arr.dtype.kind, "values")
+            raise InvalidValueError(f"{where}: pixel values must be numbers, got {kind}")
+        arr = arr.astype(np.float64, copy=False)
     except OverflowError as exc:
         raise InvalidValueError(f"{where}: a number is too large") from exc
     except (ValueError, TypeError) as exc:
@@ -136,7 +177,9 @@ def _numeric(data: Any, where: str) -> np.ndarray:
     return arr
 
 
-def _parse_v1(body: dict[str, Any], spec: ModelSpec, limits: Limits) -> list[np.ndarray]:
+def _parse_v1(
+    body: dict[str, Any], spec: ModelSpec, limits: Limits, budget: PixelBudget
+) -> list[np.ndarray]:
     instances = body.get("instances", body.get("inputs"))
     if not isinstance(instances, list):
         raise MalformedRequestError("'instances' must be a list")
@@ -150,7 +193,7 @@ def _parse_v1(body: dict[str, Any], spec: ModelSpec, limits: Limits) -> list[np.
     for i, inst in enumerate(instances):
         where = f"instances[{i}]"
         if isinstance(inst, dict | str):
-            images.append(_b64_image(inst, where, spec))
+            images.append(_b64_image(inst, where, spec, budget))
         elif isinstance(inst, list):
             arr = _numeric(inst, where)
             images.append(_pixels(arr[None], where, spec, 255.0)[0])
@@ -162,7 +205,7 @@ def _parse_v1(body: dict[str, Any], spec: ModelSpec, limits: Limits) -> list[np.
 
 
 def _parse_v2(
-    body: dict[str, Any], spec: ModelSpec, limits: Limits
+    body: dict[str, Any], spec: ModelSpec, limits: Limits, budget: PixelBudget
 ) -> tuple[np.ndarray, str | None, tuple[str, ...], str]:
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
@@ -210,7 +253,9 @@ def _parse_v2(
             raise ShapeMismatchError(
                 f"{where}: shape {shape} needs {n} elements, data has {len(data)}"
             )
-        images = np.stack([_b64_image(v, f"{where}.data[{i}]", spec) for i, v in enumerate(data)])
+        images = np.stack(
+            [_b64_image(v, f"{where}.data[{i}]", spec, budget) for i, v in enumerate(data)]
+        )
     else:
         arr = _numeric(data, where).reshape(-1)
         if arr.size != math.prod(shape):
@@ -221,6 +266,8 @@ def _parse_v2(
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise MalformedRequestError("'id' must be a string")
+    if request_id:
+        check_request_id(request_id, "'id'", limits)
     outputs = _requested_outputs(body.get("outputs"))
     return images, request_id, outputs, name
 
@@ -284,6 +331,9 @@ def parse_request(
         )
     if payload is None or (isinstance(payload, bytes | bytearray | str) and len(payload) == 0):
         raise EmptyBodyError("empty body: send an image, or KServe v1/v2 JSON")
+    if request_id:
+        check_request_id(request_id, "X-Request-Id", limits)
+    budget = limits.budget()
     if isinstance(payload, str):
         if media.startswith("text/"):
             raise _unsupported(media)
@@ -303,7 +353,7 @@ def parse_request(
         else:
             k = parse_top_k(top_k, spec, limits)
             return Request(
-                "raw", _decode(raw, "body", spec)[None], request_id or new_request_id(), k
+                "raw", _decode(raw, "body", spec, budget)[None], request_id or new_request_id(), k
             )
     if isinstance(payload, list):
         raise MalformedRequestError(
@@ -320,10 +370,10 @@ def parse_request(
             for x in payload["inputs"]
         )
     ):
-        images = np.stack(_parse_v1(payload, spec, limits))
+        images = np.stack(_parse_v1(payload, spec, limits, budget))
         return Request("v1", images, request_id or new_request_id(), k)
     if "inputs" in payload:
-        tensor, rid, outputs, name = _parse_v2(payload, spec, limits)
+        tensor, rid, outputs, name = _parse_v2(payload, spec, limits, budget)
         return Request("v2", tensor, rid or request_id or new_request_id(), k, outputs, name)
     raise MalformedRequestError(
         "a JSON body needs 'instances' (KServe v1) or 'inputs' (KServe v2); "

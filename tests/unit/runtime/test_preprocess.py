@@ -171,3 +171,33 @@ def test_32_bit_and_float_grayscale_are_scaled() -> None:
     assert abs(int(image_to_array(wide, 28, 1).mean()) - 156) <= 1
     unit = Image.fromarray(np.full((28, 28), 0.5, dtype=np.float32), mode="F")
     assert abs(int(image_to_array(unit, 28, 1).mean()) - 128) <= 1
+
+
+def test_pixel_budget_is_charged_from_the_header() -> None:
+    from atelier.runtime.preprocess import PixelBudget, PixelBudgetError
+    from support.hostile_images import png_bomb
+
+    budget = PixelBudget(max_image_pixels=100 * 100, max_request_pixels=150 * 100)
+    ok = bytes_to_array(png_bomb(100, 100, bit_depth=16), 28, 1, budget, "a")
+    assert ok.shape == (1, 28, 28) and budget.used == 10_000
+    with pytest.raises(PixelBudgetError, match="b: 100x60 brings the request to 16,000"):
+        bytes_to_array(png_bomb(100, 60), 28, 1, budget, "b")
+    # A full 8,900 x 8,900 16-bit image (158 MB of pixels in a ~150 KB file) is refused
+    # before decoding; only its header was read.
+    with pytest.raises(PixelBudgetError, match="8900x8900 = 79,210,000 pixels"):
+        bytes_to_array(png_bomb(8900, 8900, bit_depth=16), 28, 1, PixelBudget(), "c")
+
+
+def test_wide_images_scale_in_float32_and_refuse_nan() -> None:
+    from support.hostile_images import float_tiff, nan_tiff, sixteen_bit_png
+
+    ramp = np.linspace(0, 65535, 28 * 28).reshape(28, 28).astype(np.uint16)
+    arr = bytes_to_array(sixteen_bit_png(ramp), 28, 1)
+    assert arr.dtype == np.uint8 and arr.min() == 0 and arr.max() == 255
+    unit = np.linspace(0, 1, 28 * 28).reshape(28, 28)
+    assert bytes_to_array(float_tiff(unit), 28, 1).max() == 255
+    inf = unit.copy()
+    inf[3, 3] = np.inf
+    for data in (nan_tiff(), float_tiff(inf)):
+        with pytest.raises(ImageDecodeError, match="NaN or infinite"):
+            bytes_to_array(data, 28, 1)

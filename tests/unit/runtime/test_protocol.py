@@ -15,7 +15,9 @@ from PIL import Image
 from atelier.runtime.errors import (
     REQUEST_ERRORS,
     EmptyBodyError,
+    ImageTooLargeError,
     InvalidImageError,
+    InvalidRequestIdError,
     InvalidValueError,
     MalformedRequestError,
     PayloadTooLargeError,
@@ -39,6 +41,7 @@ from atelier.runtime.protocol import (
     parse_top_k,
     pick_upload,
 )
+from support.hostile_images import nan_tiff, png_bomb
 
 pytestmark = pytest.mark.unit
 
@@ -445,7 +448,25 @@ ERROR_CASES: list[tuple[str, Any, dict[str, Any], type[RequestError], str | None
         PayloadTooLargeError,
         str(LIMITS.max_payload_bytes + 1),
     ),
-]
+    # Decompression bombs: refused from the header, before a pixel is decoded.
+    ("bomb-16bit", png_bomb(8900, 8900, bit_depth=16, rows=1), {}, ImageTooLargeError,
+     "8900x8900 = 79,210,000 pixels"),
+    ("bomb-palette", png_bomb(8900, 8900, colour_type=3, rows=1), {}, ImageTooLargeError,
+     "per image"),
+    ("bomb-v2-bytes", v2_body([b64(png_bomb(6300, 6300, rows=1))], [1], "BYTES"), {},
+     ImageTooLargeError, "inputs[0].data[0]: 6300x6300"),
+    ("request-pixels", {"instances": [b64(png_bomb(2048, 2048))] * 5}, {}, ImageTooLargeError,
+     "instances[4]: 2048x2048 brings the request to 20,971,520 pixels"),
+    ("nan-tiff", nan_tiff(), {}, InvalidImageError, "NaN"),
+    ("v1-booleans", {"instances": [[[True] * 28] * 28]}, {}, InvalidValueError, "booleans"),
+    ("v2-uint8-strings", v2_body(["12"] * 784, [1, 28, 28]), {}, InvalidValueError, "strings"),
+    ("v2-id-1mb", v2_body([0] * 784, [1, 28, 28], id="x" * 1_000_000), {},
+     InvalidRequestIdError, "1,000,000 characters, at most 128"),
+    ("v2-id-newline", v2_body([0] * 784, [1, 28, 28], id="a\nb"), {}, InvalidRequestIdError,
+     "'id'"),
+    ("header-id-long", png(), {"request_id": "r" * 129}, InvalidRequestIdError, "X-Request-Id"),
+    ("header-id-space", png(), {"request_id": "a b"}, InvalidRequestIdError, "X-Request-Id"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
