@@ -78,19 +78,19 @@ def env_name(*path: str) -> str:
     return ENV_PREFIX + "__".join(path).upper()
 
 
-def _leaves(model: type[BaseModel], path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+def setting_paths(model: type[BaseModel], path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     """Every settable field, a nested model's fields one by one."""
     out: list[tuple[str, ...]] = []
     for name, info in model.model_fields.items():
         sub = info.annotation
         if isinstance(sub, type) and issubclass(sub, BaseModel):
-            out += _leaves(sub, (*path, name))
+            out += setting_paths(sub, (*path, name))
         else:
             out.append((*path, name))
     return out
 
 
-def _default(path: tuple[str, ...]) -> object:
+def default_of(path: tuple[str, ...]) -> object:
     model: type[BaseModel] = DriftSettings
     for name in path[:-1]:
         model = model.model_fields[name].annotation  # type: ignore[assignment]
@@ -104,8 +104,8 @@ def flag_parser() -> argparse.ArgumentParser:
         description="The drift sidecar. Every flag has an env var (shown); flags win.",
         allow_abbrev=False,
     )
-    for path in _leaves(DriftSettings):
-        default = _default(path)
+    for path in setting_paths(DriftSettings):
+        default = default_of(path)
         shown = "by method" if default is None else default
         help_text = f"{env_name(*path)} (default: {shown})"
         if isinstance(default, bool):

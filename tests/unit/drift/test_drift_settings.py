@@ -10,7 +10,15 @@ import pytest
 
 from atelier.drift import server
 from atelier.drift.report import DriftMethods
-from atelier.drift.settings import DriftSettings, flag_parser, from_args, parse_flags
+from atelier.drift.settings import (
+    DriftSettings,
+    default_of,
+    env_name,
+    flag_parser,
+    from_args,
+    parse_flags,
+    setting_paths,
+)
 from atelier.runtime.errors import ConfigError
 from atelier.tools.drift import DriftSidecar, SidecarSettings
 
@@ -110,3 +118,28 @@ def test_help_lists_env_vars() -> None:
     out = subprocess.run([sys.executable, "-m", "atelier.drift", "--help"], capture_output=True,
                          text=True, timeout=60, check=True).stdout  # fmt: skip
     assert "--report-every-records" in out and "ATELIER_DRIFT_REPORT_EVERY_RECORDS" in out
+
+
+def test_the_env_example_lists_every_setting_with_its_default() -> None:
+    example = Path(__file__).resolve().parents[3] / "services" / "drift" / "drift.env.example"
+    listed: dict[str, str] = {}
+    for line in example.read_text().splitlines():
+        line = line.removeprefix("# ")
+        if line.startswith("ATELIER_DRIFT_"):
+            name, _, value = line.partition("=")
+            listed[name] = value.split("(")[0].strip()
+    expected = {}
+    for path in setting_paths(DriftSettings):
+        default = default_of(path)
+        expected[env_name(*path)] = "" if default is None else str(default).lower()
+    normalised = {k: v.lower() for k, v in listed.items()}
+    assert set(normalised) == set(expected)
+    for k, v in expected.items():
+        assert same(normalised[k], v), (k, normalised[k], v)
+
+
+def same(a: str, b: str) -> bool:
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return a == b
