@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
-from pathlib import Path
+from collections.abc import Sequence
 from types import FrameType
 
-from atelier.drift.settings import load_settings
+from atelier.drift.settings import DriftSettings, from_args
 from atelier.runtime.errors import exit_on_error
 
 
-def run(**overrides: object) -> None:
+def run(settings: DriftSettings) -> None:
     import uvicorn
 
     from atelier.drift.app import create_app
     from atelier.drift.service import DriftService
 
-    settings = load_settings(**overrides)
     service = DriftService(settings)
     service.start()
     config = uvicorn.Config(create_app(service), host=settings.host, port=settings.port,
@@ -37,19 +35,11 @@ def run(**overrides: object) -> None:
         service.stop()
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    """Flags (one per DriftSettings field, see atelier.drift.settings) override env vars; an
+    unknown flag exits 2 with argparse's message, a bad value exits 2 naming the setting."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    p = argparse.ArgumentParser(prog="atelier drift", description="The drift sidecar.")
-    p.add_argument("--spool-dir", type=Path)
-    p.add_argument("--store", type=Path)
-    p.add_argument("--state-dir", type=Path)
-    p.add_argument("--reports-dir", type=Path)
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    p.add_argument("--report-every-records", type=int)
-    p.add_argument("--report-every-seconds", type=float)
-    ns = p.parse_args(argv)
     with exit_on_error():
-        run(**vars(ns))
+        run(from_args(argv))

@@ -1,10 +1,19 @@
-"""The drift sidecar's one typed settings object, from ATELIER_DRIFT_* env vars and flags."""
+"""The drift sidecar's one typed settings object, from ATELIER_DRIFT_* env vars and flags.
+
+Each field is declared once, here: its env var comes from pydantic-settings (prefix
+ATELIER_DRIFT_, ``__`` into nested models) and its flag from ``flag_parser`` (the field name
+in kebab case, a nested model's fields after a dot: ``--report-every-records``,
+``--methods.numeric-method``). Flags override env vars.
+"""
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from atelier.drift.report import DriftMethods
@@ -57,12 +66,91 @@ class DriftSettings(BaseSettings):
         }
 
 
+ENV_PREFIX = "ATELIER_DRIFT_"
+
+
+def flag_name(*path: str) -> str:
+    """``("methods", "numeric_method")`` -> ``--methods.numeric-method``."""
+    return "--" + ".".join(p.replace("_", "-") for p in path)
+
+
+def env_name(*path: str) -> str:
+    return ENV_PREFIX + "__".join(path).upper()
+
+
+def setting_paths(model: type[BaseModel], path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every settable field, a nested model's fields one by one."""
+    out: list[tuple[str, ...]] = []
+    for name, info in model.model_fields.items():
+        sub = info.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            out += setting_paths(sub, (*path, name))
+        else:
+            out.append((*path, name))
+    return out
+
+
+def default_of(path: tuple[str, ...]) -> object:
+    model: type[BaseModel] = DriftSettings
+    for name in path[:-1]:
+        model = model.model_fields[name].annotation  # type: ignore[assignment]
+    return model.model_fields[path[-1]].default
+
+
+def flag_parser() -> argparse.ArgumentParser:
+    """One flag per DriftSettings field; values stay text until the model validates them."""
+    p = argparse.ArgumentParser(
+        prog="atelier drift",
+        description="The drift sidecar. Every flag has an env var (shown); flags win.",
+        allow_abbrev=False,
+    )
+    for path in setting_paths(DriftSettings):
+        default = default_of(path)
+        shown = "by method" if default is None else default
+        help_text = f"{env_name(*path)} (default: {shown})"
+        if isinstance(default, bool):
+            p.add_argument(flag_name(*path), dest="__".join(path), help=help_text,
+                           action=argparse.BooleanOptionalAction, default=None)  # fmt: skip
+        else:
+            p.add_argument(flag_name(*path), dest="__".join(path), help=help_text,
+                           metavar=path[-1].upper())  # fmt: skip
+    return p
+
+
+def parse_flags(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The flags given, as DriftSettings keyword arguments (nested models as dicts).
+
+    An unknown flag or a flag without its value exits with status 2 (argparse's message)."""
+    ns = flag_parser().parse_args(argv)
+    overrides: dict[str, Any] = {}
+    for dest, value in vars(ns).items():
+        if value is None:
+            continue
+        *parents, leaf = dest.split("__")
+        target = overrides
+        for name in parents:
+            target = target.setdefault(name, {})
+        target[leaf] = value
+    return overrides
+
+
 def load_settings(**overrides: object) -> DriftSettings:
-    """Env vars, then explicit overrides (flags); a bad value names the setting."""
+    """Env vars, then explicit overrides (flags); a bad value names the setting, its flag,
+    its env var and the value."""
     try:
         return DriftSettings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "settings"
-        env = "ATELIER_DRIFT_" + "__".join(str(p) for p in first["loc"]).upper()
-        raise ConfigError(f"drift setting {key} ({env}): {first['msg']}") from exc
+        loc = [str(p) for p in first["loc"]]
+        key = ".".join(loc) or "settings"
+        names = f"{flag_name(*loc)}, {env_name(*loc)}" if loc else ENV_PREFIX + "*"
+        got = first.get("input")
+        got_text = f", got {got!r}" if loc and isinstance(got, str | int | float) else ""
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"drift setting {key} ({names}): {msg}{got_text}{more}") from exc
+
+
+def from_args(argv: Sequence[str] | None = None) -> DriftSettings:
+    """The settings from env vars and ``argv``'s flags."""
+    return load_settings(**parse_flags(argv))

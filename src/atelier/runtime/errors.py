@@ -12,6 +12,10 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+# A TorchServe worker logs this, then the error's one line, when its model cannot be loaded
+# (a bad ATELIER_* setting, ...); the local launcher looks for it in TorchServe's log.
+MODEL_LOAD_FAILED = "atelier model load failed:"
+
 
 class AtelierError(Exception):
     """Base class. ``message`` says what is wrong, ``hint`` how to fix it."""

@@ -13,8 +13,9 @@ writes its own file, ``<dir>/features-<pid>.jsonl``, rotated by size to ``.1``, 
 (so several TorchServe workers never rotate one file). A rotated file is complete: a
 batch's lines are never split across two files.
 
-Environment: ATELIER_SPOOL_DIR (unset: no spool), ATELIER_SPOOL_MAX_BYTES (default
-50 MB), ATELIER_SPOOL_BACKUPS (default 5). Only the standard library is imported.
+The folder, size and backup count come from ``atelier.runtime.settings.ServingSettings``
+(ATELIER_SPOOL_DIR, ATELIER_SPOOL_MAX_BYTES, ATELIER_SPOOL_BACKUPS). Only the standard
+library is imported.
 """
 
 from __future__ import annotations
@@ -49,17 +50,6 @@ class FeatureSpool:
         self._fh: BinaryIO | None = self.path.open("ab")
         self._size = self.path.stat().st_size
         atexit.register(self.close)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> FeatureSpool | None:
-        directory = env.get("ATELIER_SPOOL_DIR")
-        if not directory:
-            return None
-        return cls(
-            Path(directory),
-            max_bytes=int(env.get("ATELIER_SPOOL_MAX_BYTES", "50000000")),
-            backups=int(env.get("ATELIER_SPOOL_BACKUPS", "5")),
-        )
 
     def write(self, records: Sequence[dict[str, Any]]) -> None:
         if not records:

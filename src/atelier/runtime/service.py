@@ -21,6 +21,7 @@ from atelier.runtime.features import all_features
 from atelier.runtime.inference import Classifier
 from atelier.runtime.protocol import Limits, Request, format_response, parse_request, pick_upload
 from atelier.runtime.records import FeatureSpool, make_records
+from atelier.runtime.settings import ServingSettings
 
 STEPS = metrics.STEPS
 log = logging.getLogger(__name__)
@@ -89,9 +90,13 @@ class InferenceService:
 
     @classmethod
     def from_dir(
-        cls, model_dir: Path, version: str | None = None, limits: Limits | None = None
+        cls, model_dir: Path, version: str | None = None, settings: ServingSettings | None = None
     ) -> InferenceService:
-        return cls(Classifier.from_dir(model_dir, version=version), limits, FeatureSpool.from_env())
+        """The service for a model folder. Without ``settings``, they are read from the env
+        first, so a bad ATELIER_* value stops the load before the model is read."""
+        settings = ServingSettings.from_env() if settings is None else settings
+        classifier = Classifier.from_dir(model_dir, version=version)
+        return cls(classifier, settings.limits, settings.open_spool())
 
     def _parse(self, item: Item) -> Request:
         payload, content_type = item.payload, item.content_type

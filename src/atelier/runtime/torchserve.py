@@ -9,10 +9,32 @@ TorchServe's metrics API under the names atelier.runtime.metrics declares.
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 from typing import Any
 
 from atelier.runtime import metrics as m
+from atelier.runtime.errors import MODEL_LOAD_FAILED, AtelierError
 from atelier.runtime.service import BatchStats, InferenceService, Item, Outcome
+
+log = logging.getLogger(__name__)
+
+
+def load(context: Any) -> InferenceService:
+    """The service for the worker's model folder, with the settings from the worker's env.
+
+    A bad setting (ATELIER_SPOOL_MAX_BYTES=abc, ...) raises a ConfigError naming it; it is
+    also logged as one line, since TorchServe only logs the traceback of a failed load and
+    retries the worker.
+    """
+    model_dir = Path(context.system_properties["model_dir"])
+    version = context.manifest.get("model", {}).get("modelVersion")
+    try:
+        return InferenceService.from_dir(model_dir, version=version)
+    except AtelierError as err:
+        log.error("%s %s", MODEL_LOAD_FAILED, err.one_line())
+        raise
+
 
 PHRASES = {200: "OK", 400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type"}
 

@@ -18,8 +18,9 @@ into numpy tensors (``InferRequest``), and a Model can only answer 200 or raise.
 registers its own routes for the POST paths on KServe's FastAPI app *before* KServe's
 ``RESTServer`` adds its routers: Starlette takes the first route that matches, so ours replace
 KServe's predict/infer handlers, and every other route stays KServe's. Our route reads the raw
-body: at most ``Limits.max_payload_bytes`` is kept; a larger body is read and dropped (or not
-read at all when the client sent ``Expect: 100-continue``) and answered 413. It makes an
+body: at most ``ServingSettings.max_payload_bytes`` (ATELIER_MAX_PAYLOAD_BYTES) is kept; a
+larger body is read and dropped (or not read at all when the client sent
+``Expect: 100-continue``) and answered 413. It makes an
 ``Item`` and calls the ``kserve.Model`` (``Model.__call__``: preprocess -> predict ->
 postprocess, timed in KServe's ``request_*_seconds`` histograms). ``predict`` runs
 ``InferenceService.handle([item])`` on one worker thread and records the ``atelier_*`` metrics.
@@ -49,7 +50,7 @@ import tempfile
 import zipfile
 from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,7 @@ from atelier.runtime.errors import (
     ServerError,
     exit_on_error,
 )
+from atelier.runtime.settings import ServingSettings
 from atelier.serving.metrics import ServingMetrics
 
 if TYPE_CHECKING:
@@ -79,13 +81,16 @@ DRAIN_LIMIT = 64 * 1024 * 1024
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """The server process's settings, from its flags; checked before anything is loaded."""
+    """The server process's settings: the server's own from its flags, the ones it shares with
+    a TorchServe worker (spool, request limits) from ATELIER_* env vars; all checked before
+    anything is loaded."""
 
     store: Path
     model_name: str
     host: str = "127.0.0.1"
     port: int = 8080
     work_dir: Path | None = None  # the .mar is unzipped into a new folder in here (default: TMPDIR)
+    serving: ServingSettings = field(default_factory=ServingSettings)
 
     @property
     def mar(self) -> Path:
@@ -107,6 +112,7 @@ class ServerSettings:
             "--work-dir", type=Path, help="where the .mar is unzipped (default: TMPDIR)"
         )
         ns = parser.parse_args(argv)
+        serving = ServingSettings.from_env()
         store: Path = ns.store.resolve()
         name = ns.model_name
         if name is None:
@@ -117,7 +123,7 @@ class ServerSettings:
                     hint="run atelier archive first, or pass --model-name",
                 )
             name = str(json.loads(cur.read_text())["name"])
-        settings = cls(store, name, ns.host, ns.port, ns.work_dir)
+        settings = cls(store, name, ns.host, ns.port, ns.work_dir, serving)
         if not settings.mar.is_file():
             raise ConfigError(
                 f"--model-name {name}: {settings.mar} does not exist",
@@ -162,13 +168,12 @@ class ModelRuntime:
         except (zipfile.BadZipFile, OSError, KeyError, json.JSONDecodeError) as exc:
             raise ServerError(f"{s.mar} is not a readable model archive: {exc}") from exc
         version = manifest.get("model", {}).get("modelVersion")
-        self.service = InferenceService.from_dir(self.model_dir, version=version)
+        self.service = InferenceService.from_dir(self.model_dir, version, s.serving)
         self.dims = (self.service.spec.name, self.service.spec.version)
 
     @property
     def max_payload_bytes(self) -> int:
-        assert self.service is not None
-        return self.service.limits.max_payload_bytes
+        return self.settings.serving.max_payload_bytes
 
     def run(self, item: Item) -> Outcome:
         assert self.service is not None

@@ -17,7 +17,7 @@ from typing import Any
 
 import requests
 
-from atelier.runtime.errors import ServerError
+from atelier.runtime.errors import MODEL_LOAD_FAILED, ServerError
 from atelier.tools.process import ProcessSettings, ServerProcess, free_port
 
 
@@ -41,6 +41,7 @@ class TorchServe(ServerProcess):
     def __init__(self, settings: TorchServeSettings) -> None:
         super().__init__(settings.run_dir, settings.model_name, settings.ready_timeout_s)
         self.s = settings
+        self._log_offset = 0
 
     @property
     def inference_url(self) -> str:
@@ -120,7 +121,29 @@ class TorchServe(ServerProcess):
         data: list[dict[str, Any]] = r.json()
         return data
 
+    def load_failure(self) -> str | None:
+        """The worker's one-line reason, once the log has one (a bad ATELIER_* setting...).
+
+        TorchServe retries a worker whose model fails to load, for ever; without this the
+        launcher would wait for its whole ready timeout."""
+        path = self.log_path
+        if not path.exists():
+            return None
+        with path.open("rb") as fh:
+            fh.seek(self._log_offset)
+            chunk = fh.read()
+        end = chunk.rfind(b"\n") + 1  # a line still being written is read next time
+        self._log_offset += end
+        for line in chunk[:end].decode(errors="replace").splitlines():
+            at = line.find(MODEL_LOAD_FAILED)
+            if at >= 0:
+                return line[at + len(MODEL_LOAD_FAILED) :].strip()
+        return None
+
     def is_ready(self) -> bool:
+        failure = self.load_failure()
+        if failure:
+            raise ServerError(f"{self.subject} failed to load on TorchServe: {failure}")
         status = self.model_status()
         if not status:
             return False

@@ -18,13 +18,12 @@ from atelier.monitoring.dashboards import (
     OBJECTIVE_SERIES,
     build_all,
     expand,
-    metric_names,
     panel_queries,
     panels,
-    selectors,
 )
 from atelier.runtime.errors import StaleDashboardsError
 from atelier.tools.paths import project_file
+from support.promql import metric_names, selectors
 
 pytestmark = pytest.mark.unit
 

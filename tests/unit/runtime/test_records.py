@@ -12,6 +12,7 @@ import pytest
 
 from atelier.runtime.features import ALL_FEATURES, all_features
 from atelier.runtime.records import SCHEMA, FeatureSpool, make_records
+from atelier.runtime.settings import ServingSettings
 
 pytestmark = pytest.mark.unit
 
@@ -224,12 +225,12 @@ def test_rotation_with_real_features_keeps_valid_lines(tmp_path: Path) -> None:
     assert {k: sorted(v) for k, v in counts.items()} == expected
 
 
-# --- environment
+# --- environment (ServingSettings opens the spool)
 
 
 @pytest.mark.parametrize("env", [{}, {"ATELIER_SPOOL_DIR": ""}, {"OTHER": "x"}])
 def test_from_env_without_dir_is_none(env: dict[str, str]) -> None:
-    assert FeatureSpool.from_env(env) is None
+    assert ServingSettings.from_env(env).open_spool() is None
 
 
 def test_from_env_reads_sizes(tmp_path: Path) -> None:
@@ -239,7 +240,7 @@ def test_from_env_reads_sizes(tmp_path: Path) -> None:
         "ATELIER_SPOOL_MAX_BYTES": str(_max_bytes_for(4)),
         "ATELIER_SPOOL_BACKUPS": "2",
     }
-    spool = FeatureSpool.from_env(env)
+    spool = ServingSettings.from_env(env).open_spool()
     assert spool is not None
     assert spool.path.parent == directory
     written = _sequence(30)
@@ -257,7 +258,7 @@ def test_from_env_reads_sizes(tmp_path: Path) -> None:
 
 
 def test_from_env_defaults(tmp_path: Path) -> None:
-    spool = FeatureSpool.from_env({"ATELIER_SPOOL_DIR": str(tmp_path)})
+    spool = ServingSettings.from_env({"ATELIER_SPOOL_DIR": str(tmp_path)}).open_spool()
     assert spool is not None
     try:
         assert spool.max_bytes == 50_000_000
@@ -268,11 +269,11 @@ def test_from_env_defaults(tmp_path: Path) -> None:
 
 def test_from_env_defaults_to_os_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ATELIER_SPOOL_DIR", raising=False)
-    assert FeatureSpool.from_env() is None
+    assert ServingSettings.from_env().open_spool() is None
     monkeypatch.setenv("ATELIER_SPOOL_DIR", str(tmp_path))
     monkeypatch.setenv("ATELIER_SPOOL_MAX_BYTES", "1234")
     monkeypatch.setenv("ATELIER_SPOOL_BACKUPS", "7")
-    spool = FeatureSpool.from_env()
+    spool = ServingSettings.from_env().open_spool()
     assert spool is not None
     try:
         assert spool.path.parent == tmp_path

@@ -169,7 +169,7 @@ def bench_drift(records: int = 100_000, store: Path | None = None) -> dict[str, 
         run_drift(reference, current, DriftMethods(), with_html=html)
         timings[html] = time.perf_counter() - t1
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result = {
+    result: dict[str, Any] = {
         "records": float(total), "ingest_records_per_s": total / ingest_s,
         "report_10k_s": timings[False], "report_10k_html_s": timings[True],
         "peak_rss_mb": rss, "rss_before_ingest_mb": rss_before,

@@ -10,7 +10,6 @@ the metrics) lives in that runtime; what is left here is the TorchServe class it
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 from ts.metrics.metric_type_enum import MetricTypes
@@ -23,11 +22,10 @@ class AtelierHandler(BaseHandler):
         if model_dir not in sys.path:
             sys.path.insert(0, model_dir)
         from atelier.runtime import torchserve
-        from atelier.runtime.service import InferenceService
 
         self._torchserve = torchserve
-        version = context.manifest.get("model", {}).get("modelVersion")
-        self.service = InferenceService.from_dir(Path(model_dir), version=version)
+        # The ATELIER_* settings are checked first: a bad one fails the load, naming it.
+        self.service = torchserve.load(context)
         self.context = context
         self.initialized = True
 

@@ -1,0 +1,95 @@
+"""`atelier bench train | serve | drift | capacity`: benchmarks that print a table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print a table.")
+
+
+@bench_app.command("train")
+def bench_train(
+    configs: Annotated[
+        list[Path] | None, typer.Option("--config", help="configs to run (default: all three)")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="where the runs go")] = Path("runs/bench"),
+) -> None:
+    """Train each config, archive it into a scratch store, and print a table against the targets."""
+    from atelier.tools.bench.train import bench_train as run
+
+    run(configs, out)
+
+
+@bench_app.command("serve")
+def bench_serve(
+    store: Annotated[
+        Path, typer.Option("--store", help="store to serve (made from the smoke config if empty)")
+    ] = Path("runs/bench-serve/store"),
+    out: Annotated[Path, typer.Option("--out", help="where results go")] = Path("runs/bench-serve"),
+    seconds: Annotated[float, typer.Option("--seconds", min=1.0, help="each wrk run")] = 5.0,
+    concurrency: Annotated[list[int] | None, typer.Option("--concurrency", "-c", min=1)] = None,
+    runtime: Annotated[
+        list[str] | None, typer.Option("--runtime", help="torchserve and/or kserve")
+    ] = None,
+) -> None:
+    """In-process limit against TorchServe and KServe under wrk; prints a table."""
+    from atelier.runtime.errors import ConfigError
+    from atelier.tools.bench.serve import bench_serve as run
+
+    runtimes = runtime or ["torchserve", "kserve"]
+    unknown = sorted(set(runtimes) - {"torchserve", "kserve"})
+    if unknown:
+        raise ConfigError(f"--runtime {', '.join(unknown)}: choose torchserve or kserve")
+    run(store, out, seconds, concurrency or [1, 8, 32], runtimes)
+
+
+@bench_app.command("drift")
+def bench_drift(
+    records: Annotated[
+        int, typer.Option("--records", min=1000, help="records to ingest")
+    ] = 100_000,
+    store: Annotated[
+        Path,
+        typer.Option("--store", help="model store for the detection rows (smoke model if empty)"),
+    ] = Path("runs/bench-serve/store"),
+) -> None:
+    """Drift sidecar: ingest rate, report time, RSS, false positives and detection."""
+    from atelier.tools.bench.drift import bench_drift as run
+    from atelier.tools.bench.serve import ensure_store
+
+    ensure_store(store, store.parent)
+    run(records, store)
+
+
+@bench_app.command("capacity")
+def bench_capacity(
+    store: Annotated[
+        Path, typer.Option("--store", help="store to serve (made from the smoke config if empty)")
+    ] = Path("runs/bench-serve/store"),
+    out: Annotated[Path, typer.Option("--out", help="where results go")] = Path(
+        "runs/bench-capacity"
+    ),
+    step_seconds: Annotated[
+        float, typer.Option("--step-seconds", min=1.0, help="each step of the ramp")
+    ] = 5.0,
+    connections: Annotated[
+        list[int] | None,
+        typer.Option("--connections", "-c", min=1, help="the ramp (default 1 2 4 ... 256)"),
+    ] = None,
+    slo_p99_ms: Annotated[float, typer.Option("--slo-p99-ms", min=0.001)] = 100.0,
+    utilisation: Annotated[
+        float, typer.Option("--utilisation", min=0.05, max=1.0, help="target share of the knee")
+    ] = 0.6,
+    design_peak_rps: Annotated[
+        float, typer.Option("--design-peak-rps", min=1.0, help="rate maxReplicas is sized for")
+    ] = 5000.0,
+) -> None:
+    """Highest req/s one TorchServe replica holds within the p99 SLO (wrk step ramp)."""
+    from atelier.tools.bench.capacity import DEFAULT_CONNECTIONS
+    from atelier.tools.bench.capacity import bench_capacity as run
+
+    run(store, out, step_seconds, connections or list(DEFAULT_CONNECTIONS), slo_p99_ms,
+        utilisation, design_peak_rps)  # fmt: skip
