@@ -31,22 +31,51 @@ def serve(
             "all on --port)",
         ),
     ] = Runtime.torchserve,
-    port: Annotated[int, typer.Option("--port", help="inference port", min=1, max=65535)] = 8085,
+    port: Annotated[
+        int,
+        typer.Option("--port", envvar="ATELIER_PORT", help="inference port", min=1, max=65535),
+    ] = 8085,
     management_port: Annotated[
         int,
         typer.Option(
-            "--management-port", min=1, max=65535, help="TorchServe only; kserve: ignored"
+            "--management-port",
+            envvar="ATELIER_MANAGEMENT_PORT",
+            min=1,
+            max=65535,
+            help="TorchServe only; kserve: ignored",
         ),
     ] = 8081,
     metrics_port: Annotated[
         int,
         typer.Option(
             "--metrics-port",
+            envvar="ATELIER_METRICS_PORT",
             min=1,
             max=65535,
             help="TorchServe only; kserve serves /metrics on --port and ignores this",
         ),
     ] = 8082,
+    grpc_inference_port: Annotated[
+        int,
+        typer.Option(
+            "--grpc-inference-port",
+            envvar="ATELIER_GRPC_INFERENCE_PORT",
+            min=1,
+            max=65535,
+            help="TorchServe only: its gRPC inference server (TorchServe 0.12 cannot turn "
+            "gRPC off; it binds the same host as the HTTP ports)",
+        ),
+    ] = 7070,
+    grpc_management_port: Annotated[
+        int,
+        typer.Option(
+            "--grpc-management-port",
+            envvar="ATELIER_GRPC_MANAGEMENT_PORT",
+            min=1,
+            max=65535,
+            help="TorchServe only: its gRPC management server",
+        ),
+    ] = 7071,
     run_dir: Annotated[
         Path | None,
         typer.Option("--run-dir", help="logs and temp files (default: runs/<runtime>)"),
@@ -60,6 +89,23 @@ def serve(
     from atelier.tools.torchserve import TorchServe, TorchServeSettings
     from atelier.training.archive import current
 
+    if runtime is Runtime.torchserve:
+        ports = {
+            "--port": port,
+            "--management-port": management_port,
+            "--metrics-port": metrics_port,
+            "--grpc-inference-port": grpc_inference_port,
+            "--grpc-management-port": grpc_management_port,
+        }
+        taken: dict[int, str] = {}
+        for flag, number in ports.items():
+            if number in taken:
+                raise ConfigError(
+                    f"{flag} and {taken[number]} are both {number}: TorchServe opens five "
+                    "ports and each needs its own",
+                    hint="pass distinct ports (flags or ATELIER_*_PORT env vars)",
+                )
+            taken[number] = flag
     cur = current(store)
     if model is None:
         if cur is None:
@@ -89,6 +135,8 @@ def serve(
                 inference_port=port,
                 management_port=management_port,
                 metrics_port=metrics_port,
+                grpc_inference_port=grpc_inference_port,
+                grpc_management_port=grpc_management_port,
             )
         )
         name = "TorchServe"

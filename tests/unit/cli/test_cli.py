@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import subprocess
 import sys
@@ -165,3 +166,23 @@ def test_usage_errors_exit_2() -> None:
     proc = atelier("train")
     assert proc.returncode == 2
     assert "--config" in proc.stderr
+
+
+def test_serve_ports_come_from_flags_and_env(tmp_path: Path) -> None:
+    proc = atelier("serve", "--store", str(tmp_path), "--grpc-inference-port", "8085")
+    assert proc.returncode != 0
+    assert "--grpc-inference-port and --port are both 8085" in error_line(proc)
+    env_proc = subprocess.run(
+        [sys.executable, "-m", "atelier", "serve", "--store", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "ATELIER_MANAGEMENT_PORT": "8082"},
+    )  # fmt: skip
+    assert env_proc.returncode != 0
+    assert "--metrics-port and --management-port are both 8082" in error_line(env_proc)
+    bad = subprocess.run(
+        [sys.executable, "-m", "atelier", "serve", "--store", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "ATELIER_GRPC_MANAGEMENT_PORT": "seventy"},
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert "ATELIER_GRPC_MANAGEMENT_PORT" in bad.stderr or "grpc-management-port" in bad.stderr
