@@ -22,6 +22,7 @@ from atelier.runtime.errors import (
     AtelierError,
     InvalidFeedbackError,
     MalformedRequestError,
+    SpoolUnavailableError,
     http_answer,
 )
 from atelier.runtime.records import SCHEMA, FeatureSpool
@@ -112,7 +113,11 @@ def create_app(service: DriftService) -> FastAPI:
         spool = ingest_spool.get("spool")
         if spool is None:
             spool = ingest_spool["spool"] = FeatureSpool(service.s.spool_dir)
-        spool.write(records)
+        if not spool.write(records):
+            raise SpoolUnavailableError(
+                f"{len(records)} records could not be stored in {spool.path}: "
+                f"{', '.join(sorted(spool.take_errors())) or 'unavailable'}; nothing was accepted"
+            )
         return {"accepted": len(records)}
 
     @app.get("/reports")

@@ -241,6 +241,13 @@ class ReferenceUnavailableError(AtelierError):
     kind = "reference_unavailable"
 
 
+class SpoolUnavailableError(AtelierError):
+    """Records sent to the sidecar's /ingest could not be stored (full or read-only disk)."""
+
+    http_status = 503
+    kind = "spool_unavailable"
+
+
 class NotEnoughDataError(AtelierError):
     """Too few rows to say anything: "no data" must not be reported as "no drift"."""
 

@@ -56,8 +56,15 @@ REQUESTS = Metric(
     labels=(*DIMS, "protocol", "code"),
 )  # fmt: skip
 ERRORS = Metric("atelier_errors_total", "counter", "errors", "Bad requests", labels=(*DIMS, "type"))
+SPOOL_ERRORS = Metric(
+    "atelier_spool_errors_total", "counter", "errors",
+    "Feature-spool writes that failed (the requests were answered; the drift sidecar misses "
+    "their records)",
+    labels=(*DIMS, "reason"),
+    comment="Failed feature-spool writes: no_space, read_only, permission, missing, other.",
+)  # fmt: skip
 METRICS: tuple[Metric, ...] = (
-    *STEP_METRICS.values(), HANDLER, BATCH_SIZE, BATCH_REQUESTS, REQUESTS, ERRORS,
+    *STEP_METRICS.values(), HANDLER, BATCH_SIZE, BATCH_REQUESTS, REQUESTS, ERRORS, SPOOL_ERRORS,
 )  # fmt: skip
 
 

@@ -21,67 +21,197 @@ library is imported.
 from __future__ import annotations
 
 import atexit
+import errno
 import json
+import logging
+import math
 import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 SCHEMA = "atelier.features/v1"
 
 
-class FeatureSpool:
-    """Appends records as JSON lines; one write and flush per batch, rotation by size.
+def failure_reason(exc: OSError) -> str:
+    """The label a spool failure is counted under."""
+    return {
+        errno.ENOSPC: "no_space",
+        errno.EDQUOT: "no_space",
+        errno.EROFS: "read_only",
+        errno.EACCES: "permission",
+        errno.EPERM: "permission",
+        errno.ENOENT: "missing",
+        errno.ENOTDIR: "missing",
+        errno.EEXIST: "missing",  # a file where the folder should be
+    }.get(exc.errno or 0, "other")
 
-    Writing happens on the calling thread: formatting a batch's lines and one buffered
-    write cost tens of microseconds, less than handing them to another thread would cost
-    in GIL contention. A flush per batch means an accepted record is in the OS's hands
-    before the response goes out.
+
+class FeatureSpool:
+    """Appends records as JSON lines: best effort for serving, exact for the sidecar.
+
+    - **Never fails a request.** ``write`` returns False instead of raising: a full disk, a
+      read-only or missing folder is counted by reason (``take_errors``, exported as
+      ``atelier_spool_errors_total{reason}``) and logged at most once per ``log_every_s``.
+      A folder that cannot be opened at start is retried every ``retry_s`` seconds, so the
+      model loads and serves without its spool.
+    - **Whole lines or nothing.** One batch is one ``os.write`` loop on an O_APPEND file
+      descriptor (no user-space buffer that could flush half a batch later). If a write
+      fails part way, the file is truncated back to where the batch began. If even that
+      fails, the file is marked torn and the next batch starts with a newline, so the
+      fragment stands on a line of its own, which the sidecar's reader counts as malformed
+      and skips; the records after it are whole. A file that ends without a newline when it
+      is opened (a crash mid-write) is treated the same way.
+    - Writing happens on the calling thread: formatting a batch's lines and one write cost
+      tens of microseconds; after ``os.write`` returns, the lines are in the OS's hands.
     """
 
-    def __init__(self, directory: Path, max_bytes: int = 50_000_000, backups: int = 5) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+    def __init__(
+        self,
+        directory: Path,
+        max_bytes: int = 50_000_000,
+        backups: int = 5,
+        *,
+        retry_s: float = 10.0,
+        log_every_s: float = 60.0,
+    ) -> None:
+        self.directory = directory
         self.path = directory / f"features-{os.getpid()}.jsonl"
         self.max_bytes = max_bytes
         self.backups = max(1, backups)
+        self.retry_s = retry_s
+        self.log_every_s = log_every_s
         self._lock = threading.Lock()
-        self._fh: BinaryIO | None = self.path.open("ab")
-        self._size = self.path.stat().st_size
+        self._fd: int | None = None
+        self._size = 0
+        self._torn = False
+        self._closed = False
+        self._next_open = 0.0
+        self._last_reason = "other"
+        self._logged: dict[str, float] = {}
+        self._errors: dict[str, int] = {}
+        self._open()
         atexit.register(self.close)
 
-    def write(self, records: Sequence[dict[str, Any]]) -> None:
+    @property
+    def writable(self) -> bool:
+        """Whether the spool file is open (False after a failed open, until a retry works)."""
+        return self._fd is not None
+
+    def take_errors(self) -> dict[str, int]:
+        """Failed writes by reason since the last call (for the metrics)."""
+        with self._lock:
+            errors, self._errors = self._errors, {}
+        return errors
+
+    def _open(self) -> bool:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            self._fail(exc, "open")
+            self._next_open = time.monotonic() + self.retry_s
+            return False
+        try:
+            size = os.fstat(fd).st_size
+            self._torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        except OSError as exc:
+            os.close(fd)
+            self._fail(exc, "open")
+            self._next_open = time.monotonic() + self.retry_s
+            return False
+        self._fd, self._size = fd, size
+        return True
+
+    def _fail(self, exc: OSError, what: str) -> None:
+        reason = failure_reason(exc)
+        self._last_reason = reason
+        self._errors[reason] = self._errors.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self._logged.get(reason, -math.inf) >= self.log_every_s:
+            self._logged[reason] = now
+            log.warning(
+                "feature spool %s: %s failed (%s); serving goes on, failures are counted in "
+                "atelier_spool_errors_total{reason=%r} and logged at most every %.0f s",
+                self.path, what, exc, reason, self.log_every_s,
+            )  # fmt: skip
+
+    def write(self, records: Sequence[dict[str, Any]]) -> bool:
+        """Append the records as whole lines; False (counted, never raised) when they could
+        not be written."""
         if not records:
-            return
+            return True
         data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
         with self._lock:
-            if self._fh is None:
-                raise RuntimeError("feature spool is closed")
+            if self._closed:
+                return False
+            if self._fd is None:
+                if time.monotonic() < self._next_open:
+                    reason = self._last_reason  # still failing: counted, not logged again
+                    self._errors[reason] = self._errors.get(reason, 0) + 1
+                    return False
+                if not self._open():
+                    return False
+            if self._torn:
+                data = b"\n" + data
             if self._size and self._size + len(data) > self.max_bytes:
-                self._rotate()
-            assert self._fh is not None
-            self._fh.write(data)
-            self._fh.flush()
+                try:
+                    self._rotate()
+                except OSError as exc:
+                    self._fail(exc, "rotation")
+                    return False
+            assert self._fd is not None
+            start, written = self._size, 0
+            try:
+                view = memoryview(data)
+                while written < len(data):
+                    written += os.write(self._fd, view[written:])
+            except OSError as exc:
+                self._cut_back(start, start + written)
+                self._fail(exc, "write")
+                return False
             self._size += len(data)
+            self._torn = False
+            return True
+
+    def _cut_back(self, start: int, guess: int) -> None:
+        """After a failed write, remove whatever part of the batch reached the file; if that
+        fails, remember the file ends in a torn line."""
+        assert self._fd is not None
+        try:
+            size = os.fstat(self._fd).st_size
+        except OSError:
+            size = guess
+        if size == start:
+            return
+        try:
+            os.ftruncate(self._fd, start)
+        except OSError:
+            self._size, self._torn = size, True
 
     def _rotate(self) -> None:
         """features.jsonl -> .1 -> .2 ... (the oldest past ``backups`` is dropped)."""
-        assert self._fh is not None
-        self._fh.close()
         for i in range(self.backups - 1, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{i}")
             if older.exists():
                 os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
         os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        self._fh = self.path.open("ab")
-        self._size = 0
+        assert self._fd is not None
+        os.close(self._fd)
+        self._fd = None
+        if not self._open():
+            raise OSError(errno.EIO, "could not reopen the spool file after rotation")
 
     def close(self) -> None:
         with self._lock:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
+            self._closed = True
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 def make_records(

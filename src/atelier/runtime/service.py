@@ -53,6 +53,7 @@ class BatchStats:
     seconds: dict[str, float] = field(default_factory=dict)
     images: int = 0
     requests: int = 0
+    spool_errors: dict[str, int] = field(default_factory=dict)  # failed spool writes by reason
 
     @property
     def total_seconds(self) -> float:
@@ -118,6 +119,25 @@ class InferenceService:
             )
         return req
 
+    def _spool(
+        self, batch: np.ndarray, probs: np.ndarray, parsed: list[tuple[int, Request]]
+    ) -> None:
+        """Best effort: the spool never fails a request (it counts its own failures)."""
+        assert self.spool is not None
+        try:
+            features = all_features(batch, probs)
+            records = []
+            offset = 0
+            for _, req in parsed:
+                n = len(req.images)
+                records += make_records(req.request_id, req.protocol, self.spec.name,
+                                        self.spec.version, features, offset, n)  # fmt: skip
+                offset += n
+        except Exception:  # a feature bug must not fail the answers already made
+            log.exception("feature records for the batch could not be made")
+            return
+        self.spool.write(records)
+
     def handle(self, items: list[Item]) -> tuple[list[Outcome], BatchStats]:
         t0 = time.perf_counter()
         outcomes: list[Outcome | None] = [None] * len(items)
@@ -137,22 +157,22 @@ class InferenceService:
             batch = np.concatenate([req.images for _, req in parsed])
             probs = self.classifier.predict_proba(batch, batch_size=max(1, len(batch)))
             t2 = time.perf_counter()
-            features = all_features(batch, probs) if self.spool else None
             offset = 0
             for i, req in parsed:
                 n = len(req.images)
                 outcomes[i] = Outcome(
                     200, format_response(req, probs[offset : offset + n], self.spec), req.protocol
                 )
-                if self.spool is not None and features is not None:
-                    self.spool.write(
-                        make_records(req.request_id, req.protocol, self.spec.name,
-                                     self.spec.version, features, offset, n)
-                    )  # fmt: skip
                 offset += n
             stats.images = len(batch)
+            # Records only once every answer of the batch is made, so a record never exists
+            # for a request that was not answered 200; one write for the whole batch.
+            if self.spool is not None:
+                self._spool(batch, probs, parsed)
         else:
             t2 = t1
+        if self.spool is not None:  # also the failures of a folder that could not be opened
+            stats.spool_errors = self.spool.take_errors()
         t3 = time.perf_counter()
         stats.seconds = {"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2}
         return [o for o in outcomes if o is not None], stats

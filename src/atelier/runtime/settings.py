@@ -95,15 +95,12 @@ class ServingSettings:
         return Limits(self.max_instances, self.max_payload_bytes, self.default_top_k)
 
     def open_spool(self) -> FeatureSpool | None:
-        """The feature spool, or None without ``spool_dir``; a folder that cannot be written
-        is a ConfigError naming ATELIER_SPOOL_DIR."""
+        """The feature spool, or None without ``spool_dir``. A folder that cannot be written
+        does not stop the model: the spool is best effort for serving (it counts and logs
+        its failures, and retries the folder; see FeatureSpool)."""
         if self.spool_dir is None:
             return None
-        try:
-            return FeatureSpool(self.spool_dir, self.spool_max_bytes, self.spool_backups)
-        except OSError as exc:
-            f = next(f for f in dataclasses.fields(self) if f.name == "spool_dir")
-            raise _bad(f, str(self.spool_dir), f"cannot be written ({exc})") from exc
+        return FeatureSpool(self.spool_dir, self.spool_max_bytes, self.spool_backups)
 
 
 def env_vars() -> dict[str, dataclasses.Field[Any]]:

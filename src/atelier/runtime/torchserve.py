@@ -102,3 +102,7 @@ def emit(
         requests.add_or_update(1, dimension_values=[*dims, outcome.protocol, str(outcome.status)])
         if outcome.error:
             errors.add_or_update(1, dimension_values=[*dims, outcome.error])
+    if stats.spool_errors:
+        spool = get(m.SPOOL_ERRORS)
+        for reason, n in stats.spool_errors.items():
+            spool.add_or_update(n, dimension_values=[*dims, reason])

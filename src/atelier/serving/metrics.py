@@ -34,6 +34,7 @@ class ServingMetrics:
         self.batch_requests = histogram(m.BATCH_REQUESTS)
         self.requests = counter(m.REQUESTS)
         self.errors = counter(m.ERRORS)
+        self.spool_errors = counter(m.SPOOL_ERRORS)
 
     def observe(
         self, dims: tuple[str, str], outcomes: Sequence[Outcome], stats: BatchStats
@@ -45,6 +46,8 @@ class ServingMetrics:
         if stats.images:
             self.batch_size.labels(*dims).observe(stats.images)
         self.batch_requests.labels(*dims).observe(stats.requests)
+        for reason, n in stats.spool_errors.items():
+            self.spool_errors.labels(*dims, reason).inc(n)
         self.count(dims, outcomes)
 
     def count(self, dims: tuple[str, str], outcomes: Sequence[Outcome]) -> None:

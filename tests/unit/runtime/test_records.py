@@ -281,3 +281,101 @@ def test_from_env_defaults_to_os_environ(tmp_path: Path, monkeypatch: pytest.Mon
         assert spool.backups == 7
     finally:
         spool.close()
+
+
+# --- best effort for serving, exact for the sidecar
+
+
+def records(request_id: str, n: int = 3) -> list[dict[str, Any]]:
+    return make_records(request_id, "v2", "m", "1", constant_features(n), 0, n, now=1.0)
+
+
+def failing_write(monkeypatch: pytest.MonkeyPatch, after_bytes: int, err: int) -> None:
+    """os.write writes `after_bytes` of the next call, then fails with `err` once."""
+    real = os.write
+    state = {"armed": True}
+
+    def write(fd: int, data: Any) -> int:
+        if state["armed"]:
+            state["armed"] = False
+            if after_bytes:
+                real(fd, bytes(data[:after_bytes]))
+            raise OSError(err, os.strerror(err))
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+
+
+def test_a_failed_write_is_counted_cut_back_and_never_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = FeatureSpool(tmp_path)
+    assert spool.write(records("a")) is True
+    before = spool.path.read_bytes()
+    failing_write(monkeypatch, after_bytes=50, err=28)  # ENOSPC after half a line
+    assert spool.write(records("b")) is False
+    assert spool.path.read_bytes() == before  # the half line was truncated away
+    assert spool.take_errors() == {"no_space": 1}
+    assert spool.take_errors() == {}
+    assert spool.write(records("c")) is True
+    assert [r["request_id"] for r in read_lines(spool.path)] == ["a"] * 3 + ["c"] * 3
+
+
+def test_a_torn_line_that_cannot_be_cut_stands_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = FeatureSpool(tmp_path)
+    spool.write(records("a", 1))
+    failing_write(monkeypatch, after_bytes=40, err=28)
+
+    def no_truncate(fd: int, size: int) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(os, "ftruncate", no_truncate)
+    assert spool.write(records("b", 2)) is False
+    assert spool.write(records("c", 2)) is True
+    lines = spool.path.read_text().splitlines()
+    assert len(lines) == 4  # a, the fragment of b on a line of its own, c, c
+    assert json.loads(lines[0])["request_id"] == "a"
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(lines[1])
+    assert [json.loads(x)["request_id"] for x in lines[2:]] == ["c", "c"]
+
+
+def test_a_file_left_torn_by_a_crash_is_continued_on_a_new_line(tmp_path: Path) -> None:
+    spool = FeatureSpool(tmp_path)
+    spool.write(records("a", 1))
+    spool.close()
+    with spool.path.open("ab") as fh:
+        fh.write(b'{"schema":"atelier.feat')  # a crash mid-line
+    again = FeatureSpool(tmp_path)
+    assert again.write(records("b", 1))
+    lines = again.path.read_text().splitlines()
+    assert json.loads(lines[-1])["request_id"] == "b" and len(lines) == 3
+
+
+def test_an_unwritable_folder_at_start_serves_and_recovers(tmp_path: Path) -> None:
+    blocker = tmp_path / "spool"
+    blocker.write_text("a file where the folder should be")
+    spool = FeatureSpool(blocker, retry_s=0.0)
+    assert not spool.writable
+    assert spool.write(records("a")) is False
+    errors = spool.take_errors()
+    assert set(errors) == {"missing"} and errors["missing"] >= 2
+    blocker.unlink()  # the folder can be made now
+    assert spool.write(records("b")) is True and spool.writable
+    assert [r["request_id"] for r in read_lines(spool.path)] == ["b"] * 3
+
+
+def test_failures_are_logged_at_most_once_per_interval(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "spool"
+    blocker.write_text("")
+    spool = FeatureSpool(blocker, retry_s=0.0, log_every_s=3600)
+    for _ in range(5):
+        spool.write(records("a"))
+    warnings = [r for r in caplog.records if "feature spool" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "atelier_spool_errors_total" in warnings[0].getMessage()
+    assert spool.take_errors() == {"missing": 6}
