@@ -9,7 +9,6 @@ in order, as one story: traffic, an error flood, the server stopped, recovery.
 from __future__ import annotations
 
 import base64
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ import yaml
 from atelier.monitoring.dashboards import build_all, expand, panel_queries
 from atelier.runtime.preprocess import encode_png
 from atelier.tools.drift import DriftSidecar, SidecarSettings
-from atelier.tools.stack import MonitoringStack, StackSettings, wait_until
+from atelier.tools.stack import MonitoringStack, StackSettings, duration_seconds, wait_until
 from atelier.tools.torchserve import TorchServe, TorchServeSettings
 from atelier.training.archive import ArchiveResult
 
@@ -42,18 +41,11 @@ REPORT_EVERY = 1.0  # the drift sidecar reports at least this often (and every 1
 SLACK = 60 * EVALUATION
 
 
-def _seconds(duration: str) -> float:
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-    parts = re.findall(r"(\d+)(ms|s|m|h|d)", duration)
-    assert parts and "".join(n + u for n, u in parts) == duration, duration
-    return sum(int(n) * units[u] for n, u in parts)
-
-
 def alert_for(name: str) -> float:
     """The longest `for` of the rules named `name` in monitoring/prometheus/rules/alerts.yml."""
     groups = yaml.safe_load(ALERTS_FILE.read_text())["groups"]
     fors = [
-        _seconds(rule.get("for", "0s"))
+        duration_seconds(rule.get("for", "0s"))
         for group in groups
         for rule in group["rules"]
         if rule.get("alert") == name
