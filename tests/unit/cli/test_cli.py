@@ -20,7 +20,9 @@ pytestmark = pytest.mark.unit
 SMOKE = "training-job/configs/smoke.yaml"
 
 
-def atelier(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def atelier(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "atelier", *args],
         capture_output=True,
@@ -28,6 +30,7 @@ def atelier(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
         timeout=300,
         cwd=cwd or Path(__file__).resolve().parents[3],
         check=False,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -172,17 +175,11 @@ def test_serve_ports_come_from_flags_and_env(tmp_path: Path) -> None:
     proc = atelier("serve", "--store", str(tmp_path), "--grpc-inference-port", "8085")
     assert proc.returncode != 0
     assert "--grpc-inference-port and --port are both 8085" in error_line(proc)
-    env_proc = subprocess.run(
-        [sys.executable, "-m", "atelier", "serve", "--store", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, check=False,
-        env={**os.environ, "ATELIER_MANAGEMENT_PORT": "8082"},
-    )  # fmt: skip
+    env_proc = atelier("serve", "--store", str(tmp_path), env={"ATELIER_MANAGEMENT_PORT": "8082"})
     assert env_proc.returncode != 0
     assert "--metrics-port and --management-port are both 8082" in error_line(env_proc)
-    bad = subprocess.run(
-        [sys.executable, "-m", "atelier", "serve", "--store", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, check=False,
-        env={**os.environ, "ATELIER_GRPC_MANAGEMENT_PORT": "seventy"},
-    )  # fmt: skip
+    bad = atelier(
+        "serve", "--store", str(tmp_path), env={"ATELIER_GRPC_MANAGEMENT_PORT": "seventy"}
+    )
     assert bad.returncode == 2
     assert "ATELIER_GRPC_MANAGEMENT_PORT" in bad.stderr or "grpc-management-port" in bad.stderr
