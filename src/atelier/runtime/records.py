@@ -109,28 +109,29 @@ class FeatureSpool:
         return errors
 
     def _open(self) -> bool:
+        """Open (or create) the spool file; on failure count it and wait ``retry_s``."""
+        fd: int | None = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        except OSError as exc:
-            self._fail(exc, "open")
-            self._next_open = time.monotonic() + self.retry_s
-            return False
-        try:
             size = os.fstat(fd).st_size
-            self._torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+            torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
         except OSError as exc:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
             self._fail(exc, "open")
             self._next_open = time.monotonic() + self.retry_s
             return False
-        self._fd, self._size = fd, size
+        self._fd, self._size, self._torn = fd, size, torn
         return True
+
+    def _count(self, reason: str) -> None:
+        self._errors[reason] = self._errors.get(reason, 0) + 1
 
     def _fail(self, exc: OSError, what: str) -> None:
         reason = failure_reason(exc)
         self._last_reason = reason
-        self._errors[reason] = self._errors.get(reason, 0) + 1
+        self._count(reason)
         now = time.monotonic()
         if now - self._logged.get(reason, -math.inf) >= self.log_every_s:
             self._logged[reason] = now
@@ -151,19 +152,20 @@ class FeatureSpool:
                 return False
             if self._fd is None:
                 if time.monotonic() < self._next_open:
-                    reason = self._last_reason  # still failing: counted, not logged again
-                    self._errors[reason] = self._errors.get(reason, 0) + 1
+                    self._count(self._last_reason)  # still failing: counted, not logged again
                     return False
                 if not self._open():
                     return False
-            if self._torn:
-                data = b"\n" + data
             if self._size and self._size + len(data) > self.max_bytes:
                 try:
                     self._rotate()
                 except OSError as exc:
                     self._fail(exc, "rotation")
                     return False
+                if self._fd is None:  # the new file could not be opened: counted by _open
+                    return False
+            if self._torn:  # after rotation: a fresh file has no torn tail to close
+                data = b"\n" + data
             assert self._fd is not None
             start, written = self._size, 0
             try:
@@ -203,8 +205,7 @@ class FeatureSpool:
         assert self._fd is not None
         os.close(self._fd)
         self._fd = None
-        if not self._open():
-            raise OSError(errno.EIO, "could not reopen the spool file after rotation")
+        self._open()
 
     def close(self) -> None:
         with self._lock:

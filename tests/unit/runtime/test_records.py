@@ -379,3 +379,18 @@ def test_failures_are_logged_at_most_once_per_interval(
     assert len(warnings) == 1
     assert "atelier_spool_errors_total" in warnings[0].getMessage()
     assert spool.take_errors() == {"missing": 6}
+
+
+def test_a_torn_file_that_rotates_leaves_the_new_file_clean(tmp_path: Path) -> None:
+    """The fragment goes with the rotated file (its reader skips it as malformed); the new
+    file starts with a whole record, not an empty line."""
+    spool = FeatureSpool(tmp_path, max_bytes=_max_bytes_for(2))
+    spool.write(records("a", 1))
+    spool.close()
+    with spool.path.open("ab") as fh:
+        fh.write(b'{"schema":"atelier.feat')
+    again = FeatureSpool(tmp_path, max_bytes=_max_bytes_for(2))
+    assert again.write(records("b", 2))
+    assert [r["request_id"] for r in read_lines(again.path)] == ["b", "b"]
+    rotated = again.path.with_name(f"{again.path.name}.1").read_bytes()
+    assert rotated.endswith(b'{"schema":"atelier.feat')
