@@ -24,6 +24,9 @@ Image.MAX_IMAGE_PIXELS = 40_000_000
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+# The network input's pixel budget (protocol.Limits takes its defaults from these).
+MAX_IMAGE_PIXELS = 2048 * 2048
+MAX_REQUEST_PIXELS = 4 * MAX_IMAGE_PIXELS
 
 
 class ImageDecodeError(ValueError):
@@ -44,8 +47,8 @@ class PixelBudget:
     and the 8-bit result; an RGBA composite: three 4-byte buffers), one at a time.
     """
 
-    max_image_pixels: int = 2048 * 2048
-    max_request_pixels: int = 4 * 2048 * 2048
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    max_request_pixels: int = MAX_REQUEST_PIXELS
     used: int = 0
 
     def charge(self, width: int, height: int, where: str) -> None:

@@ -43,6 +43,8 @@ from atelier.runtime.errors import (
 )
 from atelier.runtime.inference import ModelSpec
 from atelier.runtime.preprocess import (
+    MAX_IMAGE_PIXELS,
+    MAX_REQUEST_PIXELS,
     ImageDecodeError,
     PixelBudget,
     PixelBudgetError,
@@ -62,8 +64,8 @@ class Limits:
     default_top_k: int = 5
     # Decoded pixels per image and per request, checked from each image's header before
     # its pixels are decoded (see atelier.runtime.preprocess.PixelBudget).
-    max_image_pixels: int = 2048 * 2048
-    max_request_pixels: int = 4 * 2048 * 2048
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    max_request_pixels: int = MAX_REQUEST_PIXELS
     # Request ids are copied into every image's feature record.
     max_request_id_length: int = 128
 
