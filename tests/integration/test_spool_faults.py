@@ -20,6 +20,7 @@ import requests
 
 from atelier.runtime.preprocess import encode_png
 from atelier.tools.drift import DriftSidecar, SidecarSettings
+from atelier.tools.process import metric_sum
 from atelier.tools.torchserve import TorchServe, TorchServeSettings
 from atelier.training.archive import ArchiveResult
 
@@ -44,12 +45,7 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 
 def spool_metric(ts: TorchServe, reason: str) -> float:
-    text = requests.get(f"{ts.metrics_url}/metrics", timeout=10).text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("atelier_spool_errors_total{") and f'reason="{reason}"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return metric_sum(ts.metrics_url, "atelier_spool_errors_total", reason=reason)
 
 
 def classify(ts: TorchServe, images: np.ndarray, prefix: str, start: int) -> list[str]:

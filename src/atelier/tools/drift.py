@@ -9,7 +9,7 @@ from pathlib import Path
 
 import requests
 
-from atelier.tools.process import ServerProcess, free_port
+from atelier.tools.process import ServerProcess, free_port, metric_sum
 
 
 @dataclass
@@ -60,15 +60,4 @@ class DriftSidecar(ServerProcess):
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a metric's samples whose labels include ``labels``."""
-        text = requests.get(f"{self.url}/metrics", timeout=10).text
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith("#") or not line.startswith(name):
-                continue
-            head, _, value = line.rpartition(" ")
-            series, _, rest = head.partition("{")
-            if series != name:
-                continue
-            if all(f'{k}="{v}"' in rest for k, v in labels.items()):
-                total += float(value)
-        return total
+        return metric_sum(self.url, name, **labels)

@@ -18,7 +18,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
+import requests
+
 from atelier.runtime.errors import ServerError
+
+
+def metric_sum(url: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` on a Prometheus text endpoint (``url`` is the base,
+    ``/metrics`` is appended) whose labels include ``labels``."""
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        series, _, rest = head.partition("{")
+        if series != name:
+            continue
+        if all(f'{k}="{v}"' in rest for k, v in labels.items()):
+            total += float(value)
+    return total
 
 
 def free_port(host: str = "127.0.0.1") -> int:
