@@ -7,26 +7,31 @@ of their AtelierError class.
 
 from __future__ import annotations
 
+import gzip
 import json
-import os
+import re
 import time
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
-from atelier.drift.feedback import parse_label
 from atelier.drift.service import DriftService
 from atelier.runtime.errors import (
     AtelierError,
+    DatabaseUnavailableError,
     InvalidFeedbackError,
     MalformedRequestError,
+    ReportNotFoundError,
     SpoolUnavailableError,
     http_answer,
 )
 from atelier.runtime.records import SCHEMA, FeatureSpool
 
+MAX_REQUEST_ID = 128
+REPORT_ID = re.compile(r"^\d{8}T\d{12}-[A-Za-z0-9._-]{1,64}-[A-Za-z0-9_]{1,64}$")
 REQUIRED = ("request_id", "model_version", "predicted_class", "confidence")
 
 
@@ -64,33 +69,43 @@ def create_app(service: DriftService) -> FastAPI:
             raise error(f"body is not valid JSON: {exc}") from exc
 
     @app.post("/feedback")
-    async def feedback(request: Request) -> dict[str, Any]:
+    async def feedback(request: Request) -> JSONResponse:
+        """A ground-truth label for one image of a request: ``{"request_id", "label",
+        "index"?}``. 200 when joined to the logged prediction (any replica's), 202 when kept
+        until its prediction is shipped, 404 when no replica ever logged it."""
         body = await _json(request, InvalidFeedbackError)
-        if (
-            not isinstance(body, dict)
-            or not isinstance(body.get("request_id"), str)
-            or "label" not in body
-        ):
+        if not isinstance(body, dict):
+            service.metrics.feedback.labels("invalid").inc()
+            raise InvalidFeedbackError('expected a JSON object {"request_id", "label", "index"}')
+        request_id, index = body.get("request_id"), body.get("index", 0)
+        if not isinstance(request_id, str) or not request_id or "label" not in body:
             service.metrics.feedback.labels("invalid").inc()
             raise InvalidFeedbackError(
-                'expected {"request_id": "...", "label": <class id or name>}'
+                'expected {"request_id": "...", "label": <class id or name>, "index": 0}'
             )
-        index = body.get("index", 0)
-        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-            raise InvalidFeedbackError("index must be a non-negative integer")
-        ref = service.reference
-        if ref is None:
-            raise InvalidFeedbackError(f"not ready: {service.not_ready_reason}")
+        if len(request_id) > MAX_REQUEST_ID:
+            service.metrics.feedback.labels("invalid").inc()
+            raise InvalidFeedbackError(f"request_id is longer than {MAX_REQUEST_ID} characters")
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 32768:
+            service.metrics.feedback.labels("invalid").inc()
+            raise InvalidFeedbackError("index must be an integer from 0 to 32767")
+        if not service.migrated:
+            raise DatabaseUnavailableError(f"not ready: {service.not_ready_reason}")
         try:
-            label = parse_label(body["label"], ref.class_names)
-            correct = service.feedback.record(body["request_id"], label, index)
+            result = await run_in_threadpool(service.label, request_id, index, body["label"])
         except AtelierError as exc:
             service.metrics.feedback.labels(exc.kind).inc()
             raise
-        service.metrics.feedback.labels("joined").inc()
-        service.refresh_accuracy()
-        return {"request_id": body["request_id"], "index": index, "label": ref.class_names[label],
-                "correct": bool(correct)}  # fmt: skip
+        service.metrics.feedback.labels(result.status).inc()
+        out: dict[str, Any] = {
+            "status": result.status, "request_id": request_id, "index": index,
+            "label": result.label,
+        }  # fmt: skip
+        if result.status == "joined":
+            out.update(correct=result.correct, model_version=result.model_version)
+            return JSONResponse(out, status_code=200)
+        out["expires_in_s"] = service.s.label_wait_s
+        return JSONResponse(out, status_code=202)
 
     @app.post("/ingest")
     async def ingest(request: Request) -> dict[str, int]:
@@ -122,18 +137,24 @@ def create_app(service: DriftService) -> FastAPI:
 
     @app.get("/reports")
     def reports() -> dict[str, Any]:
-        return {
-            "reports": service.store.list(),
-            "status": {k: v.__dict__ for k, v in service.status.items()},
-        }
+        """The stored reports, newest first (from the shared log: the same on every pod)."""
+        return {"reports": service.log.list_reports(), "status": service.status()}
 
     @app.get("/reports/{name}")
-    def report(name: str) -> FileResponse:
+    def report(name: str) -> Response:
         stem, _, ext = name.rpartition(".")
         if ext not in ("html", "json") or not stem:
             raise MalformedRequestError("ask for <id>.html or <id>.json")
-        path = service.store.path(stem, ext)
-        media = "text/html" if ext == "html" else "application/json"
-        return FileResponse(os.fspath(path), media_type=media)
+        if stem != "latest" and not REPORT_ID.match(stem):
+            raise ReportNotFoundError(f"{stem!r} is not a drift report id")
+        found = service.log.report(None if stem == "latest" else stem)
+        if found is None:
+            raise ReportNotFoundError(f"no drift report {name}")
+        summary, html_gz = found
+        if ext == "json":
+            return Response(summary, media_type="application/json")
+        if html_gz is None:
+            raise ReportNotFoundError(f"drift report {stem} has no HTML (report_html was off)")
+        return Response(gzip.decompress(html_gz), media_type="text/html")
 
     return app

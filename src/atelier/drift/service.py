@@ -1,48 +1,62 @@
-"""The drift sidecar's engine: ingest the spool, keep windows, run reports off the ingest path.
+"""The drift sidecar's engine: ship the spool into the shared inference log, and report if elected.
 
-Two threads. The ingest thread polls the spool, feeds the windows and the prediction log,
-commits the read position, and switches reference when a new model version shows up. The
-report thread wakes every second and, when enough records or time have passed, copies the
-windows and runs the drift reports, so a slow report never stops ingestion.
+Every sidecar runs two threads:
+
+* **ship**: follow this pod's spool (durable position, rotation, dedupe), insert what it
+  read into the inference log in one transaction per batch, and only then commit the spool
+  position. A database outage delays records and loses none: the position stays where the
+  last committed batch ended, and a retried batch cannot count twice (the log is unique on
+  request id, index and model). Each loop also records a heartbeat with this pod's lag.
+* **lead**: every second, take or renew the reporter lease. The holder (one sidecar across
+  all replicas) joins kept labels, computes the windows per model version over every
+  replica's records, runs the drift reports, grades drift and live accuracy, exports those
+  gauges, stores the reports in the log and prunes it. Only the reporter imports
+  Evidently, pandas and scipy (`atelier.drift.reporter`).
+
+Feedback (`label`) is served by any sidecar: the label is written to the log row, or kept
+until the prediction is shipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from atelier.drift.feedback import FeedbackBook, PredictionLog
+from atelier.drift.inference_log import InferenceLog, LoggedPrediction
 from atelier.drift.ingest import SpoolFollower
-from atelier.drift.reference import Reference, ReferenceUnavailableError, load_reference
-from atelier.drift.report import SEVERITY_LEVEL, NotEnoughDataError, grade, run_drift
-from atelier.drift.reports_store import ReportStore, ReportWriteError
-from atelier.drift.settings import DriftSettings
-from atelier.drift.windows import Windows
+from atelier.drift.reference import ModelSpec, model_spec
+from atelier.runtime.errors import (
+    AtelierError,
+    DatabaseUnavailableError,
+    ReferenceUnavailableError,
+    UnknownRequestError,
+)
+
+if TYPE_CHECKING:
+    from atelier.drift.reporter import Reporter
+    from atelier.drift.settings import DriftSettings
 
 log = logging.getLogger(__name__)
 
 SINCE_LIVE = "since_live"
 
 
-@dataclass
-class WindowStatus:
-    severity: str = "unknown"
-    drift_share: float | None = None
-    report_id: str | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
 class DriftMetrics:
-    """Every gauge and counter the sidecar exports, in its own registry."""
+    """Every gauge and counter the sidecar exports, in its own registry.
+
+    Per model version and window, and exported by the reporter only (so a dashboard never
+    has to combine pods): the drift, severity and live-accuracy gauges. Per pod: shipping.
+    """
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        w = ["window"]
+        w = ["model_version", "window"]
         self.drift_share = Gauge("atelier_drift_share", "Share of drifted features", w, registry=r)
         self.drifted = Gauge(
             "atelier_drift_drifted_features", "Drifted feature count", w, registry=r
@@ -75,28 +89,68 @@ class DriftMetrics:
             registry=r,
         )
         self.live_accuracy = Gauge(
-            "atelier_drift_live_accuracy",
-            "Accuracy of predictions that got feedback",
-            w,
+            "atelier_drift_live_accuracy", "Accuracy of predictions that got feedback", w,
             registry=r,
-        )
+        )  # fmt: skip
         self.labelled = Gauge(
-            "atelier_drift_labelled_records",
-            "Predictions with feedback in the window",
-            w,
+            "atelier_drift_labelled_records", "Predictions with feedback in the window", w,
             registry=r,
-        )
+        )  # fmt: skip
         self.reference_accuracy = Gauge(
-            "atelier_drift_reference_accuracy", "Test accuracy of the served version", registry=r
-        )
+            "atelier_drift_reference_accuracy", "Test accuracy of the version",
+            ["model_version"], registry=r,
+        )  # fmt: skip
         self.severity = Gauge(
             "atelier_drift_severity", "0 ok, 1 warning, 2 critical, -1 no data", w, registry=r
         )
         self.window_records = Gauge(
-            "atelier_drift_window_records", "Records in the window", w, registry=r
+            "atelier_drift_window_records", "Records in the window (all replicas)", w, registry=r
         )
+        self.report_errors = Counter(
+            "atelier_drift_report_errors", "Reports that could not be computed or stored",
+            registry=r,
+        )  # fmt: skip
+        self.report_seconds = Histogram(
+            "atelier_drift_report_seconds",
+            "Time to compute and store one report",
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+            registry=r,
+        )
+        self.last_report = Gauge(
+            "atelier_drift_last_report_timestamp_seconds",
+            "Unix time of the last report (the reporter only)",
+            registry=r,
+        )
+        self.reporter = Gauge(
+            "atelier_drift_reporter", "1 while this sidecar holds the reporter lease", registry=r
+        )
+        self.labels_joined = Counter(
+            "atelier_drift_labels_joined", "Kept labels joined to their prediction later",
+            registry=r,
+        )  # fmt: skip
+        self.labels_expired = Counter(
+            "atelier_drift_labels_expired",
+            "Kept labels dropped: their prediction never arrived within label_wait_s",
+            registry=r,
+        )
+        # --- per pod: shipping
         self.ingested = Counter(
-            "atelier_drift_records_ingested", "Feature records ingested", registry=r
+            "atelier_drift_records_ingested", "Records read from this pod's spool", registry=r
+        )
+        self.shipped = Counter(
+            "atelier_drift_records_shipped", "Records this pod inserted into the inference log",
+            registry=r,
+        )  # fmt: skip
+        self.ship_errors = Counter(
+            "atelier_drift_ship_errors", "Batches not shipped (retried later), by reason",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.db_seconds = Histogram(
+            "atelier_drift_database_seconds",
+            "Time of one inference-log statement batch, by operation",
+            ["operation"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
         )
         self.malformed = Counter(
             "atelier_drift_malformed_lines", "Spool lines skipped as malformed", registry=r
@@ -110,219 +164,244 @@ class DriftMetrics:
             "atelier_drift_duplicate_records", "Records skipped as already counted", registry=r
         )
         self.lag_bytes = Gauge(
-            "atelier_drift_read_lag_bytes", "Spool bytes not read yet", registry=r
+            "atelier_drift_read_lag_bytes", "Spool bytes not shipped yet", registry=r
         )
         self.lag_records = Gauge(
             "atelier_drift_read_lag_records",
-            "Spool records not read yet (estimated from the mean line size)",
-            registry=r,
-        )
-        self.report_errors = Counter(
-            "atelier_drift_report_errors", "Reports that could not be written", registry=r
-        )
-        self.report_seconds = Histogram(
-            "atelier_drift_report_seconds",
-            "Time to compute and write one report",
-            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
-            registry=r,
-        )
-        self.last_report = Gauge(
-            "atelier_drift_last_report_timestamp_seconds",
-            "Unix time of the last report",
-            registry=r,
-        )
-        self.reference_info = Gauge(
-            "atelier_drift_reference_info",
-            "The reference in use",
-            ["model_name", "model_version"],
+            "Spool records not shipped yet (estimated from the mean line size)",
             registry=r,
         )
         self.feedback = Counter(
             "atelier_drift_feedback", "Feedback requests by result", ["result"], registry=r
         )
+        self.reporter_gauges = (
+            self.drift_share, self.drifted, self.feature_score, self.feature_drifted,
+            self.confidence_z, self.class_js, self.class_share, self.live_accuracy,
+            self.labelled, self.reference_accuracy, self.severity, self.window_records,
+        )  # fmt: skip
+
+    def clear_reporter_gauges(self) -> None:
+        """Drop every per-version gauge (this sidecar stopped reporting)."""
+        for g in self.reporter_gauges:
+            g.clear()
+        self.last_report.set(0)
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    status: str  # "joined" or "pending"
+    request_id: str
+    index: int
+    label: str
+    correct: bool | None = None
+    model_version: str | None = None
+
+
+MEAN_LINE_BYTES = 400.0
 
 
 class DriftService:
     def __init__(self, settings: DriftSettings) -> None:
         self.s = settings
-        for d in (settings.state_dir, settings.reports_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = DriftMetrics()
-        self.follower = SpoolFollower(settings.spool_dir, settings.state_dir / "spool-state.json")
-        self.windows = Windows(settings.windows, settings.reservoir)
-        self.predictions = PredictionLog()
-        self.feedback = FeedbackBook(self.predictions)
-        self.store = ReportStore(settings.reports_dir, retention=settings.retention)
-        self.methods = settings.methods
-        self.reference: Reference | None = None
-        self.not_ready_reason = "reference not loaded yet"
-        self.status: dict[str, WindowStatus] = {}
-        self._lock = threading.RLock()
+        self.pod = settings.pod_name
+        self.log = InferenceLog(settings.database)
+        self.follower = self._new_follower()
+        self.migrated = False
+        self.not_ready_reason = "inference log not migrated yet"
+        self.reporter: Reporter | None = None
+        self.last_report = 0.0
+        self.shipped_total = 0
+        self._lag_records = 0
         self._stop = threading.Event()
-        self._since_report = 0
-        self.last_report = 0.0  # when the last report was written (0: none yet)
         self._threads: list[threading.Thread] = []
-        self._try_load_reference(None)
+        self._specs: dict[str, ModelSpec] = {}
+        self._lease_until = 0.0
+        self.leading = False
+        # Held while gauges are published or cleared, so a sidecar that lost the lease
+        # never exports a version's gauges after clearing them.
+        self._gauges = threading.RLock()
 
-    # --- reference
-    def _try_load_reference(self, version: str | None) -> bool:
+    def _new_follower(self) -> SpoolFollower:
+        return SpoolFollower(self.s.spool_dir, self.s.state_dir / "spool-state.json")
+
+    # --- readiness -----------------------------------------------------------------------
+
+    def migrate(self) -> bool:
         try:
-            ref = load_reference(self.s.store, version)
-        except ReferenceUnavailableError as exc:
-            self.not_ready_reason = exc.message
-            log.error("reference: %s", exc.message)
+            head = self.log.migrate()
+        except DatabaseUnavailableError as exc:
+            self.not_ready_reason = f"inference log {self.log!r}: {exc.message}"
+            log.error("%s; retrying", self.not_ready_reason)
             return False
-        with self._lock:
-            old = self.reference
-            self.reference = ref
-            self.windows.reset()
-            self.feedback.reset()
-            self.status = {}
-            self._since_report = 0
-        if old is not None:
-            self.metrics.reference_info.remove(old.model_name, old.version)
-        self.metrics.reference_info.labels(ref.model_name, ref.version).set(1)
-        self.metrics.reference_accuracy.set(ref.accuracy)
-        log.info(
-            "reference: model %s version %s (%d rows)",
-            ref.model_name,
-            ref.version,
-            len(ref.profile),
-        )
+        log.info("inference log %r at revision %s", self.log, head)
+        self.migrated = True
         return True
 
+    def current_spec(self) -> ModelSpec:
+        return self.spec(None)
+
+    def spec(self, version: str | None) -> ModelSpec:
+        """Name, class names and test accuracy of a published version (None: the current)."""
+        key = version or ""
+        if version is None or key not in self._specs:
+            spec = model_spec(self.s.store, version)
+            self._specs[spec.version] = spec
+            return spec
+        return self._specs[key]
+
     def readiness(self) -> tuple[bool, str]:
-        if self.reference is None:
+        if not self.migrated:
             return False, self.not_ready_reason
+        try:
+            spec = self.current_spec()
+        except ReferenceUnavailableError as exc:
+            return False, exc.message
         if not self.s.spool_dir.is_dir():
             return False, f"spool folder {self.s.spool_dir} does not exist"
-        return True, f"reference {self.reference.model_name} version {self.reference.version}"
+        role = "reporter" if self.reporter is not None else "shipper"
+        return True, f"{role}; model {spec.model_name} version {spec.version}"
 
-    # --- ingest
-    def ingest_once(self) -> int:
-        batch = self.follower.poll()
+    # --- shipping ------------------------------------------------------------------------
+
+    def ship_once(self) -> int:
+        """Read one batch from the spool, insert it, then commit the spool position.
+
+        Returns the records read (0: nothing new). On a database error the follower is
+        reloaded from its last committed position, so the batch is read again next time.
+        """
         m = self.metrics
+        batch = self.follower.poll(max_records=self.s.ship_batch)
+        if batch.records:
+            t0 = time.perf_counter()
+            try:
+                new = self.log.ship(batch.records, self.pod)
+            except DatabaseUnavailableError:
+                m.ship_errors.labels("database_unavailable").inc()
+                self.follower = self._new_follower()
+                raise
+            m.db_seconds.labels("ship").observe(time.perf_counter() - t0)
+            m.duplicates.inc(len(batch.records) - new)
+            m.shipped.inc(new)
+            self.shipped_total += new
         m.malformed.inc(batch.malformed)
         m.unknown_schema.inc(batch.unknown_schema)
         m.duplicates.inc(batch.duplicates)
-        accepted = 0
-        for version, records in _group_by_version(batch.records):
-            ref = self.reference
-            if (ref is None or version != ref.version) and not self._try_load_reference(version):
-                # Without its reference these records cannot be judged; they are counted
-                # as ingested and remembered for feedback, but fill no window.
-                self.predictions.add(records)
-                accepted += len(records)
-                continue
-            with self._lock:
-                self.windows.add(records)
-                self.predictions.add(records)
-                self._since_report += len(records)
-            accepted += len(records)
+        m.ingested.inc(len(batch.records))
         self.follower.commit()
-        m.ingested.inc(accepted)
+        self._lag_records = round(batch.lag_bytes / MEAN_LINE_BYTES)
         m.lag_bytes.set(batch.lag_bytes)
-        mean_line = 400.0
-        m.lag_records.set(round(batch.lag_bytes / mean_line))
-        for name in self.windows.names():
-            m.window_records.labels(name).set(self.windows.count(name))
-        return accepted
+        m.lag_records.set(self._lag_records)
+        self.log.heartbeat(self.pod, self._lag_records, self.shipped_total)
+        return len(batch.records)
 
-    # --- reports
-    def report_due(self) -> bool:
-        if self._since_report >= self.s.report_every_records:
-            return True
-        return (
-            self._since_report > 0 and time.time() - self.last_report >= self.s.report_every_seconds
-        )
+    # --- feedback ------------------------------------------------------------------------
 
-    def run_reports(self) -> dict[str, WindowStatus]:
-        with self._lock:
-            ref = self.reference
-            frames = {name: self.windows.frame(name) for name in self.windows.names()}
-            self._since_report = 0
-            self.last_report = time.time()
-        if ref is None:
-            return {}
-        out: dict[str, WindowStatus] = {}
-        for name, frame in frames.items():
-            t0 = time.perf_counter()
-            try:
-                result = run_drift(ref.profile, frame, self.methods, with_html=self.s.report_html,
-                                   min_rows=self.s.min_rows)  # fmt: skip
-            except NotEnoughDataError as exc:
-                out[name] = WindowStatus(
-                    "no_data", detail={"reason": exc.message, "rows": len(frame)}
+    def label(self, request_id: str, index: int, label: object) -> FeedbackResult:
+        """Store a label for (request_id, index), from whichever replica logged it.
+
+        Joined at once when the prediction is in the log. Otherwise wait up to
+        ``feedback_settle_s`` for every live shipper to report an empty spool: if they all
+        do and the prediction is still unknown, no replica ever logged it (404); if not, the
+        label is kept (``pending``) and joined when the prediction lands, for up to
+        ``label_wait_s``.
+        """
+        from atelier.drift.feedback import parse_label
+
+        arrived = time.time()
+        deadline = time.monotonic() + self.s.feedback_settle_s
+        while True:
+            found = self.log.find(request_id, index)
+            if found:
+                return self._join(found, label, request_id, index)
+            if self.log.shippers_caught_up(arrived, alive_within_s=self.s.label_wait_s):
+                raise UnknownRequestError(
+                    f"no replica logged a prediction for request id {request_id!r} index {index}",
+                    hint="send feedback with the id the server returned (the X-Request-Id "
+                    "header or the response's id) and the image's index in its request",
                 )
-                self.metrics.severity.labels(name).set(-1)
-                continue
-            status = self._publish(name, result, ref)
-            try:
-                status.report_id = self.store.write(result, name, ref.version)
-            except ReportWriteError as exc:
-                log.error("report for %s not written: %s", name, exc.message)
-                self.metrics.report_errors.inc()
-            self.metrics.report_seconds.observe(time.perf_counter() - t0)
-            out[name] = status
-        self.metrics.last_report.set(time.time())
-        with self._lock:
-            self.status = out
-        return out
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+        spec = self.current_spec()
+        class_id = parse_label(label, spec.class_names)
+        self.log.add_pending(request_id, index, class_id)
+        return FeedbackResult("pending", request_id, index, spec.class_names[class_id])
 
-    def _publish(self, window: str, result: Any, ref: Reference) -> WindowStatus:
-        m = self.metrics
-        m.drift_share.labels(window).set(result.drift_share)
-        m.drifted.labels(window).set(result.drifted_count)
-        for feature, fd in result.per_feature.items():
-            m.feature_score.labels(window, feature, fd.method).set(fd.score)
-            m.feature_drifted.labels(window, feature).set(1 if fd.drifted else 0)
-        m.confidence_z.labels(window).set(result.confidence_z)
-        m.class_js.labels(window).set(result.class_js)
-        for name, ref_share, cur_share in zip(
-            ref.class_names, result.class_share_reference, result.class_share_current, strict=True
-        ):
-            m.class_share.labels(window, name, "reference").set(ref_share)
-            m.class_share.labels(window, name, "current").set(cur_share)
-        severity = result.severity
-        acc, n = self.feedback.accuracy(None if window == SINCE_LIVE else self._window_size(window))
-        m.labelled.labels(window).set(n)
-        acc_grade = "ok"
-        if acc is not None:
-            m.live_accuracy.labels(window).set(acc)
-            drop = (ref.accuracy - acc) * 100
-            acc_grade = grade(drop, self.s.accuracy_warning_points, self.s.accuracy_critical_points)
-            if drop < 0:
-                acc_grade = "ok"
-            if SEVERITY_LEVEL[acc_grade] > SEVERITY_LEVEL[severity]:
-                severity = acc_grade
-        m.severity.labels(window).set(SEVERITY_LEVEL[severity])
-        return WindowStatus(severity, result.drift_share, detail={
-            "drifted_count": result.drifted_count, "dataset_drift": result.dataset_drift,
-            "confidence_z": result.confidence_z, "class_js": result.class_js,
-            "live_accuracy": acc, "labelled": n, "reference_accuracy": ref.accuracy,
-            "accuracy_grade": acc_grade, "rows": result.rows_current,
-        })  # fmt: skip
+    def _join(
+        self, found: list[LoggedPrediction], label: object, request_id: str, index: int
+    ) -> FeedbackResult:
+        from atelier.drift.feedback import parse_label
 
-    def _window_size(self, window: str) -> int:
-        return self.s.windows[window]
+        pred = found[0]
+        spec = self.spec(pred.model_version)
+        class_id = parse_label(label, spec.class_names)
+        for p in found:  # the same id in two models' logs: label both
+            stored = self.log.apply_label(p.id, class_id)
+        return FeedbackResult(
+            "joined", request_id, index, spec.class_names[class_id],
+            correct=stored.label == pred.predicted_class, model_version=pred.model_version,
+        )  # fmt: skip
 
-    # --- feedback: labels move live accuracy right away, not at the next report
-    def refresh_accuracy(self) -> None:
-        ref = self.reference
-        if ref is None:
+    # --- leading -------------------------------------------------------------------------
+
+    def renew(self) -> bool:
+        """Take or renew the reporter lease; step down when it is lost or cannot be renewed
+        before it runs out. True while this sidecar holds it."""
+        try:
+            leading = self.log.try_lead(self.pod, self.s.reporter_lease_s)
+        except DatabaseUnavailableError:
+            # Once the lease has run out another sidecar may report: stop exporting first.
+            if self.reporter is not None and time.time() >= self._lease_until - 1.0:
+                log.warning("%s cannot renew the reporter lease: stepping down", self.pod)
+                self._step_down()
+            raise
+        with self._gauges:
+            if not leading:
+                if self.reporter is not None:
+                    log.warning("%s lost the reporter lease", self.pod)
+                    self._step_down()
+                return False
+            self._lease_until = time.time() + self.s.reporter_lease_s
+            self.leading = True
+        return True
+
+    def report_once(self) -> None:
+        """One reporter tick, if this sidecar holds the lease."""
+        if not self.leading:
             return
-        for window in self.windows.names():
-            acc, n = self.feedback.accuracy(
-                None if window == SINCE_LIVE else self._window_size(window)
-            )
-            self.metrics.labelled.labels(window).set(n)
-            if acc is not None:
-                self.metrics.live_accuracy.labels(window).set(acc)
+        if self.reporter is None:
+            from atelier.drift.reporter import Reporter
 
-    # --- threads
+            log.info("%s is the reporter now", self.pod)
+            reporter = Reporter(self)
+            with self._gauges:
+                if not self.leading:
+                    return
+                self.reporter = reporter
+                self.metrics.reporter.set(1)
+        self.reporter.tick()
+
+    def lead_once(self) -> bool:
+        """Renew, report when due, renew: what the two lease threads do, in one call."""
+        if not self.renew():
+            return False
+        self.report_once()
+        return self.renew()
+
+    def _step_down(self) -> None:
+        self.leading = False
+        self.reporter = None
+        self.metrics.reporter.set(0)
+        self.metrics.clear_reporter_gauges()
+
+    # --- threads -------------------------------------------------------------------------
+
     def start(self) -> None:
         self._threads = [
-            threading.Thread(target=self._ingest_loop, name="drift-ingest", daemon=True),
+            threading.Thread(target=self._ship_loop, name="drift-ship", daemon=True),
+            threading.Thread(target=self._lease_loop, name="drift-lease", daemon=True),
             threading.Thread(target=self._report_loop, name="drift-report", daemon=True),
         ]
         for t in self._threads:
@@ -332,34 +411,55 @@ class DriftService:
         self._stop.set()
         for t in self._threads:
             t.join(timeout=30)
+        if self.reporter is not None:
+            with contextlib.suppress(DatabaseUnavailableError):
+                self.log.resign(self.pod)
+        self.log.close()
 
-    def _ingest_loop(self) -> None:
+    def _ship_loop(self) -> None:
+        backoff = self.s.poll_interval_s
         while not self._stop.is_set():
+            if not self.migrated and not self.migrate():
+                self._stop.wait(min(backoff, 5.0))
+                backoff = min(backoff * 2, 5.0)
+                continue
             try:
-                n = self.ingest_once()
-            except Exception:  # keep ingesting whatever one poll hit
-                log.exception("ingest failed; retrying")
+                n = self.ship_once()
+                backoff = self.s.poll_interval_s
+            except DatabaseUnavailableError as exc:
+                log.error("shipping paused: %s; retrying in %.1f s", exc.message, backoff)
                 n = 0
-            if n == 0:
-                self._stop.wait(self.s.poll_interval_s)
+                backoff = min(backoff * 2, 5.0)
+            except Exception:  # keep shipping whatever one poll hit
+                log.exception("shipping failed; retrying")
+                n = 0
+            if n < self.s.ship_batch:
+                self._stop.wait(backoff)
+
+    def _lease_loop(self) -> None:
+        """Renew the lease every second, whatever a report in progress is doing."""
+        while not self._stop.wait(1.0):
+            if not self.migrated:
+                continue
+            try:
+                self.renew()
+            except DatabaseUnavailableError as exc:
+                log.error("reporter lease: %s", exc.message)
+            except Exception:
+                log.exception("reporter lease failed")
 
     def _report_loop(self) -> None:
         while not self._stop.wait(1.0):
-            if self.report_due():
-                try:
-                    self.run_reports()
-                except Exception:
-                    log.exception("report failed")
-                    self.metrics.report_errors.inc()
+            try:
+                self.report_once()
+            except DatabaseUnavailableError as exc:
+                log.error("reporter: %s", exc.message)
+            except AtelierError as exc:
+                log.error("reporter: %s", exc.message)
+                self.metrics.report_errors.inc()
+            except Exception:
+                log.exception("reporter failed")
+                self.metrics.report_errors.inc()
 
-
-def _group_by_version(records: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
-    """Consecutive runs of records by model version, in order."""
-    groups: list[tuple[str, list[dict[str, Any]]]] = []
-    for rec in records:
-        v = str(rec.get("model_version"))
-        if groups and groups[-1][0] == v:
-            groups[-1][1].append(rec)
-        else:
-            groups.append((v, [rec]))
-    return groups
+    def status(self) -> dict[str, Any]:
+        return {} if self.reporter is None else self.reporter.status()

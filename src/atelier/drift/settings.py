@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from atelier.drift.inference_log import default_pod_name
 from atelier.drift.report import DriftMethods
 from atelier.runtime.errors import ConfigError
 
@@ -28,9 +29,28 @@ class DriftSettings(BaseSettings):
     spool_dir: Path = Path("runs/spool")
     store: Path = Path("model-store")
     state_dir: Path = Path("runs/drift/state")
-    reports_dir: Path = Path("runs/drift/reports")
     host: str = "127.0.0.1"
     port: int = Field(8095, ge=1, le=65535)
+
+    # The inference log every replica's sidecar shares (SQLAlchemy URL): SQLite for one
+    # replica, postgresql+psycopg://user@host:5432/db for several. The password may come
+    # separately (a Secret): it is put into the URL when the URL has none.
+    database_url: str = "sqlite:///runs/drift/inference-log.db"
+    database_password: SecretStr | None = None
+    # Who this sidecar is: recorded with every record it ships, and its reporter identity.
+    pod_name: str = Field(default_factory=default_pod_name, min_length=1, max_length=253)
+    # The reporter lease: renewed every second; another sidecar takes over at most this long
+    # after the reporter stops renewing it.
+    reporter_lease_s: float = Field(15.0, ge=2, le=600)
+    # Feedback for a prediction not shipped yet is kept this long, then dropped.
+    label_wait_s: float = Field(600.0, ge=0)
+    # How long /feedback waits for every replica to have shipped before it says 404.
+    feedback_settle_s: float = Field(3.0, ge=0, le=30)
+    # Retention of the log (pruned by the reporter every prune_every_s).
+    retention_days: float = Field(30.0, gt=0)
+    retention_rows: int = Field(1_000_000, ge=10_000)
+    prune_every_s: float = Field(600.0, gt=0)
+    ship_batch: int = Field(5000, ge=1, le=100_000)
 
     window_short: int = Field(1000, ge=10)
     window_long: int = Field(10_000, ge=10)
@@ -40,6 +60,7 @@ class DriftSettings(BaseSettings):
     report_every_records: int = Field(1000, ge=1)
     report_every_seconds: float = Field(60.0, gt=0)
     report_html: bool = True
+    # Reports kept per model version and window.
     retention: int = Field(20, ge=1)
     poll_interval_s: float = Field(0.5, gt=0)
 
@@ -57,6 +78,14 @@ class DriftSettings(BaseSettings):
         if self.accuracy_critical_points < self.accuracy_warning_points:
             raise ValueError("accuracy_critical_points must be >= accuracy_warning_points")
         return self
+
+    @property
+    def database(self) -> str:
+        """The database URL with the password in it (never log this; see `redacted`)."""
+        from atelier.drift.inference_log import database_url
+
+        pw = self.database_password.get_secret_value() if self.database_password else None
+        return database_url(self.database_url, pw)
 
     @property
     def windows(self) -> dict[str, int]:

@@ -1,13 +1,16 @@
-"""Bounded windows of feature records: the last N, and everything since a model went live.
+"""The since-live window: everything since a model version went live, in bounded memory.
 
-Every window keeps a fixed amount of memory whatever the traffic: the sliding windows are
-ring buffers of their size, and "since live" is a uniform reservoir sample (Algorithm R)
-of fixed capacity plus exact streaming moments (Welford/Chan) and exact predicted-class
-counts. Columns are `atelier.runtime.features.ALL_FEATURES`, in that order.
+A uniform reservoir sample (Algorithm R) of fixed capacity plus exact streaming moments
+(Welford/Chan) and exact predicted-class counts. Columns are
+`atelier.runtime.features.ALL_FEATURES`, in that order. The sliding windows (the last N
+records) are queries on the inference log (`atelier.drift.inference_log`). The reporter
+saves the reservoir in the log (`to_bytes`) so a new reporter resumes it.
 """
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,70 +31,11 @@ def records_to_array(records: Sequence[Mapping[str, Any]]) -> np.ndarray:
     return np.array([[r[f] for f in ALL_FEATURES] for r in records], dtype=np.float64)
 
 
-def _frame(values: np.ndarray) -> pd.DataFrame:
+def frame_of(values: np.ndarray) -> pd.DataFrame:
+    """A frame with columns ALL_FEATURES (predicted_class as int) from (N, F) rows."""
     df = pd.DataFrame(values, columns=list(ALL_FEATURES))
     df["predicted_class"] = df["predicted_class"].astype(np.int64)
     return df
-
-
-class RecordWindow:
-    """The last ``size`` records: features in a ring buffer, with their request keys."""
-
-    def __init__(self, size: int) -> None:
-        if size < 1:
-            raise ValueError(f"window size must be >= 1, got {size}")
-        self.size = size
-        self._values = np.empty((size, len(ALL_FEATURES)), dtype=np.float64)
-        self._keys: list[tuple[str, int] | None] = [None] * size
-        self._next = 0  # slot the next record goes to
-        self._count = 0
-
-    def __len__(self) -> int:
-        return self._count
-
-    def add(self, records: Sequence[Mapping[str, Any]]) -> None:
-        """Append records, evicting the oldest once full."""
-        self.add_array(records_to_array(records), [(r["request_id"], r["index"]) for r in records])
-
-    def add_array(self, values: np.ndarray, keys: Sequence[tuple[str, int]]) -> None:
-        """Append already-converted rows (shared conversion when several windows are fed)."""
-        n = len(values)
-        if n == 0:
-            return
-        if n > self.size:  # only the last `size` rows survive
-            values, keys = values[-self.size :], keys[-self.size :]
-            n = self.size
-        first = min(n, self.size - self._next)
-        self._values[self._next : self._next + first] = values[:first]
-        self._keys[self._next : self._next + first] = keys[:first]
-        rest = n - first
-        if rest:
-            self._values[:rest] = values[first:]
-            self._keys[:rest] = keys[first:]
-        self._next = (self._next + n) % self.size
-        self._count = min(self.size, self._count + n)
-
-    def _order(self) -> np.ndarray:
-        """Slot indices oldest first."""
-        if self._count < self.size:
-            return np.arange(self._count)
-        return (np.arange(self.size) + self._next) % self.size
-
-    def values(self) -> np.ndarray:
-        """(len, F) float64 copy, oldest first."""
-        return self._values[self._order()]
-
-    def keys(self) -> list[tuple[str, int]]:
-        """(request_id, index) of the records, oldest first."""
-        return [k for k in (self._keys[i] for i in self._order()) if k is not None]
-
-    def frame(self) -> pd.DataFrame:
-        """Columns ALL_FEATURES (predicted_class as int), oldest first."""
-        return _frame(self.values())
-
-    def clear(self) -> None:
-        self._keys = [None] * self.size
-        self._next = self._count = 0
 
 
 class ReservoirWindow:
@@ -165,7 +109,7 @@ class ReservoirWindow:
 
     def frame(self) -> pd.DataFrame:
         """The reservoir sample (at most ``capacity`` rows, in slot order)."""
-        return _frame(self._sample[: self._filled].copy())
+        return frame_of(self._sample[: self._filled].copy())
 
     def values(self) -> np.ndarray:
         return self._sample[: self._filled].copy()
@@ -191,6 +135,32 @@ class ReservoirWindow:
         out[:k] = self._classes[:k]
         return out
 
+    def to_bytes(self) -> bytes:
+        """The whole state, random stream included, as an ``.npz``."""
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            meta=np.array([self.capacity, self.seed, self._filled, self.seen], dtype=np.int64),
+            sample=self._sample[: self._filled],
+            mean=self._mean,
+            m2=self._m2,
+            classes=self._classes,
+            rng=np.frombuffer(json.dumps(self._rng.bit_generator.state).encode(), np.uint8),
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ReservoirWindow:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            capacity, seed, filled, seen = (int(x) for x in z["meta"])
+            window = cls(capacity, seed=seed)
+            window._sample[:filled] = z["sample"]
+            window._filled, window.seen = filled, seen
+            window._mean, window._m2 = z["mean"].copy(), z["m2"].copy()
+            window._classes = z["classes"].astype(np.int64)
+            window._rng.bit_generator.state = json.loads(z["rng"].tobytes().decode())
+        return window
+
     def clear(self) -> None:
         """Forget everything; the sampling stream restarts from ``seed``."""
         self._rng = np.random.default_rng(self.seed)
@@ -199,48 +169,3 @@ class ReservoirWindow:
         self._mean = np.zeros(len(ALL_FEATURES))
         self._m2 = np.zeros(len(ALL_FEATURES))
         self._classes = np.zeros(0, dtype=np.int64)
-
-
-class Windows:
-    """Named sliding windows (e.g. ``{"last_1000": 1000}``) plus ``since_live``."""
-
-    def __init__(self, sizes: Mapping[str, int], reservoir_capacity: int, seed: int = 0) -> None:
-        if SINCE_LIVE in sizes:
-            raise ValueError(f"window name {SINCE_LIVE!r} is reserved for the reservoir")
-        self.sliding = {name: RecordWindow(size) for name, size in sizes.items()}
-        self.since_live = ReservoirWindow(reservoir_capacity, seed=seed)
-
-    def add(self, records: Sequence[Mapping[str, Any]]) -> None:
-        """Feed every window (the records are converted to an array once)."""
-        if not records:
-            return
-        values = records_to_array(records)
-        keys = [(r["request_id"], r["index"]) for r in records]
-        for window in self.sliding.values():
-            window.add_array(values, keys)
-        self.since_live.add_array(values)
-
-    def reset(self) -> None:
-        """Empty every window, e.g. when a new model version goes live."""
-        for window in self.sliding.values():
-            window.clear()
-        self.since_live.clear()
-
-    def names(self) -> list[str]:
-        """Sliding window names in the given order, then ``since_live``."""
-        return [*self.sliding, SINCE_LIVE]
-
-    def __getitem__(self, name: str) -> RecordWindow | ReservoirWindow:
-        if name == SINCE_LIVE:
-            return self.since_live
-        return self.sliding[name]
-
-    def frame(self, name: str) -> pd.DataFrame:
-        """The window's rows (for ``since_live``: the reservoir sample)."""
-        return self[name].frame()
-
-    def count(self, name: str) -> int:
-        """Records the window stands for: rows held, or for ``since_live`` all records seen."""
-        if name == SINCE_LIVE:
-            return self.since_live.seen
-        return len(self.sliding[name])

@@ -248,6 +248,13 @@ class SpoolUnavailableError(AtelierError):
     kind = "spool_unavailable"
 
 
+class DatabaseUnavailableError(AtelierError):
+    """The inference log's database cannot be reached or refused the statement; retry later."""
+
+    http_status = 503
+    kind = "database_unavailable"
+
+
 class NotEnoughDataError(AtelierError):
     """Too few rows to say anything: "no data" must not be reported as "no drift"."""
 

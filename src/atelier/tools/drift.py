@@ -22,6 +22,10 @@ class SidecarSettings:
     report_every_records: int = 1000
     report_every_seconds: float = 60.0
     ready_timeout_s: float = 60.0
+    # The inference log; None: a SQLite file in run_dir (one sidecar).
+    database_url: str | None = None
+    pod_name: str | None = None
+    reporter_lease_s: float = 15.0
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -43,7 +47,9 @@ class DriftSidecar(ServerProcess):
             sys.executable, "-m", "atelier.drift",
             "--spool-dir", str(s.spool_dir.resolve()), "--store", str(s.store.resolve()),
             "--state-dir", str(self.run_dir / "state"),
-            "--reports-dir", str(self.run_dir / "reports"),
+            "--database-url", s.database_url or f"sqlite:///{self.run_dir / 'inference-log.db'}",
+            "--pod-name", s.pod_name or f"sidecar-{s.port}",
+            "--reporter-lease-s", str(s.reporter_lease_s),
             "--host", s.host, "--port", str(s.port),
             "--report-every-records", str(s.report_every_records),
             "--report-every-seconds", str(s.report_every_seconds),

@@ -1,15 +1,21 @@
-"""DriftService in-process: readiness, version switches, reports that cannot be written."""
+"""DriftService in-process: two sidecars (two pods' spools) sharing one inference log.
+
+Shipping, feedback from either pod, the reporter lease, per-version windows and reports
+served by both. The same behaviour against a real PostgreSQL is in
+tests/integration/test_drift_replicas.py.
+"""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from atelier.drift.reports_store import ReportWriteError
 from atelier.drift.service import DriftService
 from atelier.drift.settings import DriftSettings
+from atelier.runtime.errors import UnknownRequestError
 from atelier.runtime.records import FeatureSpool, make_records
 from atelier.training.archive import archive_run
 from atelier.training.loop import RunResult
@@ -17,12 +23,15 @@ from atelier.training.loop import RunResult
 pytestmark = pytest.mark.unit
 
 
-def settings(tmp: Path, store: Path) -> DriftSettings:
-    return DriftSettings(spool_dir=tmp / "spool", store=store, state_dir=tmp / "state",
-                         reports_dir=tmp / "reports", min_rows=50, report_html=False)  # fmt: skip
+def settings(tmp: Path, store: Path, pod: str, db: str, **kw: object) -> DriftSettings:
+    return DriftSettings(
+        spool_dir=tmp / pod / "spool", store=store, state_dir=tmp / pod / "state",
+        database_url=db, pod_name=pod, min_rows=50, report_html=False,
+        report_every_records=100, feedback_settle_s=0.5, **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
 
 
-def write(spool_dir: Path, version: str, n: int, prefix: str) -> None:
+def write(spool_dir: Path, version: str, n: int, prefix: str) -> list[dict]:
     rng = np.random.default_rng(len(prefix) + n)
     probs = rng.dirichlet(np.ones(10), n)
     feats = {
@@ -32,54 +41,153 @@ def write(spool_dir: Path, version: str, n: int, prefix: str) -> None:
         "predicted_class": probs.argmax(1).astype(float), "confidence": probs.max(1),
         "entropy": rng.uniform(0, 2, n),
     }  # fmt: skip
+    spool_dir.mkdir(parents=True, exist_ok=True)
     spool = FeatureSpool(spool_dir)
-    spool.write(make_records(f"{prefix}-0", "v2", "fashion-mnist", version, feats, 0, n))
+    records = make_records(f"{prefix}-0", "v2", "fashion-mnist", version, feats, 0, n)
+    assert spool.write(records)
     spool.close()
+    return records
 
 
-def test_no_reference_means_not_ready(tmp_path: Path) -> None:
-    service = DriftService(settings(tmp_path, tmp_path / "empty-store"))
+@pytest.fixture
+def store(smoke_run: RunResult, tmp_path: Path) -> Path:
+    store = tmp_path / "store"
+    archive_run(smoke_run.run_dir, store)
+    return store
+
+
+@pytest.fixture
+def pair(store: Path, tmp_path: Path) -> tuple[DriftService, DriftService]:
+    db = f"sqlite:///{tmp_path / 'log.db'}"
+    a = DriftService(settings(tmp_path, store, "pod-a", db))
+    b = DriftService(settings(tmp_path, store, "pod-b", db))
+    assert a.migrate() and b.migrate()
+    yield a, b
+    a.log.close()
+    b.log.close()
+
+
+def test_no_model_means_not_ready(tmp_path: Path) -> None:
+    s = settings(tmp_path, tmp_path / "empty-store", "p", f"sqlite:///{tmp_path / 'l.db'}")
+    service = DriftService(s)
+    assert service.migrate()
     ready, reason = service.readiness()
     assert not ready
     assert "CURRENT.json does not exist" in reason
 
 
-def test_a_new_model_version_switches_reference_and_windows(
-    smoke_run: RunResult, tmp_path: Path
+def test_two_pods_ship_into_one_log_and_feedback_joins_from_either(
+    pair: tuple[DriftService, DriftService], tmp_path: Path
 ) -> None:
-    store = tmp_path / "store"
-    archive_run(smoke_run.run_dir, store)
-    service = DriftService(settings(tmp_path, store))
-    (tmp_path / "spool").mkdir()
-    assert service.readiness()[0]
-    write(tmp_path / "spool", "1", 80, "a")
-    assert service.ingest_once() == 80
-    assert service.windows.count("last_1000") == 80
+    a, b = pair
+    ra = write(tmp_path / "pod-a" / "spool", "1", 120, "a")
+    rb = write(tmp_path / "pod-b" / "spool", "1", 80, "b")
+    assert a.ship_once() == 120 and b.ship_once() == 80
+    assert a.log.count("fashion-mnist", "1") == 200
+    assert a.ship_once() == 0  # the position was committed: nothing twice
+    # A label for pod a's prediction sent to pod b, and the other way round.
+    got = b.label(ra[5]["request_id"], ra[5]["index"], int(ra[5]["predicted_class"]))
+    assert got.status == "joined" and got.correct is True
+    wrong = (int(rb[7]["predicted_class"]) + 1) % 10
+    got = a.label(rb[7]["request_id"], rb[7]["index"], wrong)
+    assert got.status == "joined" and got.correct is False
+    assert a.log.version_accuracy("fashion-mnist", "1") == (0.5, 2)
+    # Relabelling replaces, never double-counts.
+    b.label(rb[7]["request_id"], rb[7]["index"], int(rb[7]["predicted_class"]))
+    assert a.log.version_accuracy("fashion-mnist", "1") == (1.0, 2)
+
+
+def test_unknown_id_is_404_once_every_shipper_is_caught_up(
+    pair: tuple[DriftService, DriftService],
+) -> None:
+    a, b = pair
+    a.ship_once()  # a heartbeat from before the label: pod a may still hold it
+    assert a.label("never-served", 0, 1).status == "pending"
+    a.start()
+    b.start()  # both shippers heartbeat every poll: "nothing left"
+    try:
+        with pytest.raises(UnknownRequestError):
+            a.label("never-served-either", 0, 1)
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_label_before_its_prediction_is_kept_then_joined(
+    pair: tuple[DriftService, DriftService], tmp_path: Path
+) -> None:
+    a, b = pair
+    a.ship_once()
+    b.ship_once()
+    records = write(tmp_path / "pod-b" / "spool", "1", 60, "late")
+    # pod b has not shipped since: its heartbeat is older than the label, so the label waits.
+    b.log.heartbeat("pod-b", lag_records=60, shipped_total=0)
+    got = a.label(records[3]["request_id"], 3, "Trouser")
+    assert got.status == "pending"
+    assert a.log.pending_count() == 1
+    b.ship_once()
+    assert a.lead_once()  # the reporter joins kept labels
+    assert a.log.pending_count() == 0
+    assert a.log.labelled_count() == 1
+
+
+def test_one_reporter_at_a_time_and_takeover_after_the_lease(store: Path, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'log.db'}"
+    a = DriftService(settings(tmp_path, store, "pod-a", db, reporter_lease_s=2))
+    b = DriftService(settings(tmp_path, store, "pod-b", db, reporter_lease_s=2))
+    assert a.migrate() and b.migrate()
+    write(tmp_path / "pod-a" / "spool", "1", 150, "a")
+    a.ship_once()
+    assert a.lead_once() and not b.lead_once()
+    assert a.metrics.severity.labels("1", "last_1000")._value.get() in (0, 1, 2)
+    assert a.metrics.window_records.labels("1", "last_1000")._value.get() == 150
+    assert not b.metrics.severity._metrics  # only the reporter exports per-version gauges
+    reports = b.log.list_reports()
+    assert {r["window"] for r in reports} >= {"last_1000", "since_live"}
+    assert b.log.report(None) is not None  # any pod serves the newest report
+    # pod a stops renewing (killed): after the lease runs out, b takes over.
+    time.sleep(2.2)
+    assert b.lead_once()
+    assert not a.lead_once()  # a is back: it lost the lease, and its gauges are gone
+    assert not a.metrics.severity._metrics and a.reporter is None
+    # b resumed the since-live reservoir from the log instead of starting over.
+    assert b.reporter is not None
+    write(tmp_path / "pod-b" / "spool", "1", 100, "b")
+    b.ship_once()
+    b.lead_once()
+    assert b.metrics.window_records.labels("1", "since_live")._value.get() == 250
+
+
+def test_each_version_has_its_own_windows(
+    smoke_run: RunResult, store: Path, pair: tuple[DriftService, DriftService], tmp_path: Path
+) -> None:
+    a, _ = pair
+    write(tmp_path / "pod-a" / "spool", "1", 120, "v1")
+    a.ship_once()
     archive_run(smoke_run.run_dir, store)  # version 2 goes live
-    write(tmp_path / "spool", "2", 30, "b")
-    assert service.ingest_once() == 30
-    assert service.reference is not None and service.reference.version == "2"
-    assert service.windows.count("last_1000") == 30  # new windows for the new version
-    assert service.metrics.reference_info.labels("fashion-mnist", "2")._value.get() == 1
+    write(tmp_path / "pod-a" / "spool", "2", 110, "v2")
+    a.ship_once()
+    assert a.lead_once()
+    assert a.metrics.window_records.labels("1", "last_1000")._value.get() == 120
+    assert a.metrics.window_records.labels("2", "last_1000")._value.get() == 110
 
 
-def test_an_unwritable_report_is_counted_and_ingestion_goes_on(
-    smoke_run: RunResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_database_outage_delays_and_loses_nothing(
+    pair: tuple[DriftService, DriftService], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = tmp_path / "store"
-    archive_run(smoke_run.run_dir, store)
-    service = DriftService(settings(tmp_path, store))
-    (tmp_path / "spool").mkdir()
+    from atelier.runtime.errors import DatabaseUnavailableError
 
-    def full_disk(*args: object, **kwargs: object) -> str:
-        raise ReportWriteError("[Errno 28] No space left on device")
+    a, _ = pair
+    write(tmp_path / "pod-a" / "spool", "1", 90, "o")
+    real = a.log.ship
 
-    monkeypatch.setattr(service.store, "write", full_disk)
-    write(tmp_path / "spool", "1", 120, "c")
-    service.ingest_once()
-    status = service.run_reports()
-    assert status["last_1000"].report_id is None
-    assert status["last_1000"].severity in ("ok", "warning", "critical")
-    assert service.metrics.report_errors._value.get() >= 1
-    write(tmp_path / "spool", "1", 10, "d")
-    assert service.ingest_once() == 10
+    def down(*args: object, **kwargs: object) -> int:
+        raise DatabaseUnavailableError("connection refused")
+
+    monkeypatch.setattr(a.log, "ship", down)
+    with pytest.raises(DatabaseUnavailableError):
+        a.ship_once()
+    assert a.metrics.ship_errors.labels("database_unavailable")._value.get() == 1
+    monkeypatch.setattr(a.log, "ship", real)
+    assert a.ship_once() == 90  # the batch is read again from the committed position
+    assert a.log.count() == 90

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from atelier.drift.windows import SINCE_LIVE, RecordWindow, ReservoirWindow, Windows
+from atelier.drift.windows import ReservoirWindow
 from atelier.runtime.features import ALL_FEATURES
 
 pytestmark = pytest.mark.unit
@@ -25,24 +25,6 @@ def make(n: int, start: int = 0, seed: int = 0) -> list[dict[str, Any]]:
         rec["index"] = 0
         out.append(rec)
     return out
-
-
-def test_record_window_keeps_last_size_in_order() -> None:
-    w = RecordWindow(5)
-    assert len(w) == 0 and w.frame().empty
-    w.add(make(3))
-    assert len(w) == 3
-    assert list(w.frame()["brightness"]) == [0, 1, 2]
-    w.add(make(4, start=3))
-    assert len(w) == 5
-    assert list(w.frame()["brightness"]) == [2, 3, 4, 5, 6]
-    assert w.keys() == [(f"r{i}", 0) for i in range(2, 7)]
-    w.add(make(12, start=7))  # more than the window at once
-    assert list(w.frame()["brightness"]) == [14, 15, 16, 17, 18]
-    df = w.frame()
-    assert list(df.columns) == list(ALL_FEATURES)
-    assert df["predicted_class"].dtype == np.int64
-    assert df["brightness"].dtype == np.float64
 
 
 def test_reservoir_is_bounded_and_moments_are_exact() -> None:
@@ -94,22 +76,18 @@ def test_reservoir_small_streams_and_empty() -> None:
     assert r.std("brightness", ddof=1) == pytest.approx(np.std([0, 1, 2, 3], ddof=1))
 
 
-def test_windows_add_reset_names() -> None:
-    ws = Windows({"last_10": 10, "last_100": 100}, reservoir_capacity=50)
-    assert ws.names() == ["last_10", "last_100", SINCE_LIVE]
-    ws.add(make(250))
-    assert len(ws["last_10"]) == 10 and len(ws["last_100"]) == 100
-    since = ws[SINCE_LIVE]
-    assert isinstance(since, ReservoirWindow) and since.seen == 250 and len(since) == 50
-    assert list(ws.frame("last_10")["brightness"]) == list(range(240, 250))
-    assert [ws.count(n) for n in ws.names()] == [10, 100, 250]
-    ws.reset()
-    assert len(ws["last_10"]) == 0 and len(ws["last_100"]) == 0
-    assert ws.since_live.seen == 0 and len(ws.since_live) == 0
-    assert ws.since_live.mean("brightness") is None
-    assert ws.since_live.class_counts(10).sum() == 0
-    ws.add(make(3, start=1000))
-    assert list(ws.frame("last_10")["brightness"]) == [1000, 1001, 1002]
-    assert ws.since_live.mean("brightness") == pytest.approx(1001)
-    with pytest.raises(ValueError):
-        Windows({SINCE_LIVE: 5}, reservoir_capacity=5)
+def test_reservoir_state_round_trips_and_resumes_the_same_stream() -> None:
+    """A new reporter resumes the reservoir from the log: same sample, moments, counts and
+    random stream as if one process had seen everything."""
+    whole = ReservoirWindow(50, seed=3)
+    whole.add(make(400))
+    whole.add(make(300, start=400))
+    resumed = ReservoirWindow(50, seed=3)
+    resumed.add(make(400))
+    resumed = ReservoirWindow.from_bytes(resumed.to_bytes())
+    resumed.add(make(300, start=400))
+    assert resumed.seen == whole.seen == 700
+    np.testing.assert_array_equal(resumed.values(), whole.values())
+    assert resumed.mean("brightness") == pytest.approx(whole.mean("brightness"))
+    assert resumed.std("confidence") == pytest.approx(whole.std("confidence"))
+    np.testing.assert_array_equal(resumed.class_counts(10), whole.class_counts(10))

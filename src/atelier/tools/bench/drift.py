@@ -16,10 +16,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from atelier.drift.feedback import PredictionLog
+from atelier.drift.inference_log import InferenceLog
 from atelier.drift.ingest import SpoolFollower
 from atelier.drift.report import DriftMethods, run_drift
-from atelier.drift.windows import Windows
+from atelier.drift.windows import frame_of
 from atelier.runtime.features import IMAGE_FEATURES
 from atelier.runtime.records import FeatureSpool, make_records
 from atelier.tools import shifts
@@ -144,16 +144,15 @@ def bench_drift(records: int = 100_000, store: Path | None = None) -> dict[str, 
     spool.close()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     follower = SpoolFollower(work / "spool", work / "state.json")
-    windows = Windows({"last_1000": 1000, "last_10000": 10_000}, 10_000)
-    log = PredictionLog()
+    log = InferenceLog(f"sqlite:///{work / 'inference-log.db'}")
+    log.migrate()
     t0 = time.perf_counter()
     total = 0
     while True:
-        batch = follower.poll(10_000)
+        batch = follower.poll(5_000)
         if not batch.records:
             break
-        windows.add(batch.records)
-        log.add(batch.records)
+        log.ship(batch.records, "bench")
         follower.commit()
         total += len(batch.records)
     ingest_s = time.perf_counter() - t0
@@ -161,7 +160,7 @@ def bench_drift(records: int = 100_000, store: Path | None = None) -> dict[str, 
     import pandas as pd
 
     reference = pd.DataFrame(ref_feats)
-    current = windows.frame("last_10000")
+    current = frame_of(log.last("m", "1", 10_000).values)
     run_drift(reference, current.iloc[:200], DriftMethods(), with_html=False)  # import + warm-up
     timings = {}
     for html in (False, True):
@@ -184,7 +183,7 @@ def bench_drift(records: int = 100_000, store: Path | None = None) -> dict[str, 
     for col in ("measure", "value", "target"):
         table.add_column(col)
     table.add_row(
-        "ingest (follow + parse + dedupe + windows + commit)",
+        "shipping into SQLite (follow + parse + dedupe + insert + commit)",
         f"{result['ingest_records_per_s']:,.0f} records/s",
         ">= 5,000/s",
     )
