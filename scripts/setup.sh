@@ -4,7 +4,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # prometheus (2.42, with promtool) and prometheus-alertmanager (0.25, with amtool): monitoring/.
-APT_PACKAGES=(dataset-fashion-mnist curl wrk unzip prometheus prometheus-alertmanager)
+# postgresql (15) and nginx-light: the integration tests' shared inference log and load
+# balancer. Tests run their own servers in temp folders (tests/support/postgres.py, nginx.py)
+# and never use the package's default cluster or its system nginx.
+APT_PACKAGES=(dataset-fashion-mnist curl wrk unzip prometheus prometheus-alertmanager
+  postgresql nginx-light)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -17,8 +21,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing apt packages: ${missing[*]}"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  # Where services may start (no policy-rc.d forbids it), the postinst scripts start a
+  # system nginx on port 80 and PostgreSQL's default cluster on 5432. Nothing here needs
+  # them: stop the daemons this install started, by their pid files.
+  daemon_pidfiles="/run/nginx.pid /run/postgresql/*.pid"
+  # shellcheck disable=SC2086 # the glob is meant
+  running_before=$(cat $daemon_pidfiles 2>/dev/null || true)
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  for pidfile in $daemon_pidfiles; do
+    [ -s "$pidfile" ] || continue
+    pid=$(head -n1 "$pidfile")
+    if $SUDO kill -0 "$pid" 2>/dev/null && ! grep -qx "$pid" <<<"$running_before"; then
+      echo "setup: stopping the daemon the install started (pid $pid from $pidfile)"
+      $SUDO kill -TERM "$pid"
+    fi
+  done
 fi
 
 # pip, with the machine's notes about absent local index folders filtered out; fails when pip fails.
