@@ -164,7 +164,9 @@ livenessProbe:
 {{/*
 The drift sidecar. It reads the spool TorchServe writes (shared emptyDir), the store root
 read-only (CURRENT.json and versions/<v>/model-store/<name>.mar hold the reference profile),
-and writes its state and reports into an emptyDir. Readiness is /healthz, not /readyz: a
+ships the records into the shared inference log (drift.store, atelier.driftStoreEnv; its pod
+name tells the records and the reporter election apart) and writes its state and reports into
+an emptyDir. Readiness is /healthz, not /readyz: a
 sidecar without a reference yet (no version published, or no traffic from the pinned one)
 must not hold the whole pod out of the Service.
 */}}
