@@ -1,5 +1,6 @@
 """`helm lint --strict` for every ci/*-values.yaml scenario and for the value combinations no
-scenario holds (Knative, raw KEDA, object store); those are also checked object by object."""
+scenario holds (Knative, raw KEDA, object store, the sqlite and external drift stores); those
+are also checked object by object."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ COMBINATIONS = [
      "modelStore.objectStore.uri=s3://models/atelier", "monitoring.mode=bundled"),
     ("training.cronJob.enabled=true", "training.imageFolder.enabled=true",
      "training.imageFolder.claimName=images", "training.imageFolder.subPath=fashion"),
+    ("serving.mode=raw", "drift.store.type=sqlite", "serving.autoscaling.enabled=false",
+     "serving.replicas=1"),
+    ("drift.store.type=external", "drift.store.external.existingSecret=inference-db",
+     "drift.store.external.passwordKey=password"),
 ]  # fmt: skip
 # Kinds no offline checker knows; the tests that render them check their fields.
 UNCHECKED_KINDS = {"ScaledObject"}

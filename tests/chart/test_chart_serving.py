@@ -333,7 +333,7 @@ def pod_specs(objects: tuple[Any, ...]) -> Iterator[tuple[str, dict[str, Any]]]:
     for o in objects:
         name = f"{o['kind']}/{o['metadata']['name']}"
         kind = o["kind"]
-        if kind in ("Deployment", "Job"):
+        if kind in ("Deployment", "StatefulSet", "Job"):
             yield name, o["spec"]["template"]["spec"]
         elif kind == "CronJob":
             yield name, o["spec"]["jobTemplate"]["spec"]["template"]["spec"]
@@ -363,7 +363,11 @@ def test_every_pod_container_is_locked_down() -> None:
         for name, spec in pod_specs(objects):
             pod_sc = spec["securityContext"]
             assert pod_sc["runAsNonRoot"] is True, (label, name)
-            assert pod_sc["runAsUser"] >= 10000, (label, name)
+            # The bundled PostgreSQL runs as the official image's postgres user (999).
+            if name.endswith("-postgresql"):
+                assert pod_sc["runAsUser"] == 999, (label, name)
+            else:
+                assert pod_sc["runAsUser"] >= 10000, (label, name)
             assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}, (label, name)
             token = spec.get("automountServiceAccountToken")
             assert token is False or name.endswith("-prometheus"), (label, name)
@@ -384,7 +388,7 @@ def test_one_service_account_per_component() -> None:
     objects = rendered(values_file="raw-bundled")
     accounts = {o["metadata"]["name"]: o for o in of_kind(objects, "ServiceAccount")}
     assert set(accounts) == {
-        "atelier-training", "atelier-serving", "atelier-test",
+        "atelier-training", "atelier-serving", "atelier-test", "atelier-postgresql",
         "atelier-prometheus", "atelier-alertmanager", "atelier-grafana",
     }  # fmt: skip
     for name, sa in accounts.items():
@@ -416,10 +420,14 @@ def images(objects: tuple[Any, ...]) -> set[str]:
 
 
 def test_images_default_to_the_app_version() -> None:
+    postgres = yaml.safe_load((chart_dir() / "values.yaml").read_text())["drift"]["store"][
+        "postgresql"
+    ]["image"]
     assert images(rendered()) == {
         f"atelier-training:{APP_VERSION}",
         f"atelier-serving:{APP_VERSION}",
         f"atelier-drift:{APP_VERSION}",
+        f"{postgres['repository']}:{postgres['tag']}",  # pinned upstream, not the appVersion
     }
     for _, objects in all_renders():
         for image in images(objects):

@@ -164,6 +164,31 @@ Usage: include "atelier.serviceAccountName" (list . "serving")
 {{- end -}}
 {{- end -}}
 
+{{/*
+The bundled PostgreSQL's name (StatefulSet, Service, Secret, ServiceAccount, NetworkPolicy):
+at most 52 characters, because the StatefulSet controller labels each pod with
+controller-revision-hash=<name>-<10-character hash>, a label value of at most 63.
+*/}}
+{{- define "atelier.postgresqlName" -}}
+{{- printf "%s-postgresql" (include "atelier.fullname" . | trunc 41 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/*
+The bundled PostgreSQL's password, base64-encoded as a Secret's data holds it: the value of
+the existing Secret passed in (the `lookup` of it; an empty map when there is none, as with
+`helm template`, `--dry-run` or a first install), or else 32 new random characters. The data
+directory keeps the password it was initialised with, so the Secret must keep it too.
+Usage: include "atelier.postgresqlPassword" (lookup "v1" "Secret" .Release.Namespace $name)
+*/}}
+{{- define "atelier.postgresqlPassword" -}}
+{{- $current := dig "data" "password" "" (. | default dict) -}}
+{{- if $current -}}
+{{- $current -}}
+{{- else -}}
+{{- randAlphaNum 32 | b64enc -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The object store root without its scheme, as an rclone remote path: store:<bucket>/<prefix>. */}}
 {{- define "atelier.rcloneRoot" -}}
 {{- printf "store:%s" (trimPrefix "s3://" .Values.modelStore.objectStore.uri | trimSuffix "/") -}}
@@ -238,5 +263,38 @@ envFrom:
 {{- end -}}
 {{- if lt (int .Values.serving.autoscaling.maxReplicas) (int .Values.serving.autoscaling.minReplicas) -}}
 {{- fail "serving.autoscaling.maxReplicas: must be at least serving.autoscaling.minReplicas" -}}
+{{- end -}}
+{{- if .Values.drift.enabled -}}
+{{- include "atelier.validateDriftStore" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The drift store's checks. SQLite is a file inside one pod, so it needs exactly one serving pod
+(raw mode's Deployment and KServe's predictor both run serving.replicas pods when autoscaling
+is off, and between minReplicas and maxReplicas when it is on).
+*/}}
+{{- define "atelier.validateDriftStore" -}}
+{{- $store := .Values.drift.store -}}
+{{- $a := .Values.serving.autoscaling -}}
+{{- if eq $store.type "sqlite" -}}
+{{- $change := list -}}
+{{- if $a.enabled -}}
+{{- $change = append $change (printf "serving.autoscaling.enabled=false (it is true: %v to %v replicas, serving.autoscaling.minReplicas/maxReplicas)" $a.minReplicas $a.maxReplicas) -}}
+{{- end -}}
+{{- if ne (int .Values.serving.replicas) 1 -}}
+{{- $change = append $change (printf "serving.replicas=1 (it is %v)" .Values.serving.replicas) -}}
+{{- end -}}
+{{- if $change -}}
+{{- fail (printf "drift.store.type: sqlite keeps the inference log in a file inside one pod, so it needs exactly one serving replica: set %s; or use drift.store.type=postgresql (bundled) or external" (join " and " $change)) -}}
+{{- end -}}
+{{- end -}}
+{{- if and (eq $store.type "external") (not $store.external.existingSecret) -}}
+{{- fail "drift.store.external.existingSecret: required when drift.store.type is external (an existing Secret whose drift.store.external.urlKey holds the database URL)" -}}
+{{- end -}}
+{{- range $key, $_ := .Values.drift.settings -}}
+{{- if has (upper $key) (list "DATABASE_URL" "DATABASE_PASSWORD" "POD_NAME") -}}
+{{- fail (printf "drift.settings.%s: the chart sets ATELIER_DRIFT_%s itself (from drift.store, or the pod's name); remove it from drift.settings" $key (upper $key)) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}

@@ -164,7 +164,9 @@ livenessProbe:
 {{/*
 The drift sidecar. It reads the spool TorchServe writes (shared emptyDir), the store root
 read-only (CURRENT.json and versions/<v>/model-store/<name>.mar hold the reference profile),
-and writes its state and reports into an emptyDir. Readiness is /healthz, not /readyz: a
+ships the records into the shared inference log (drift.store, atelier.driftStoreEnv; its pod
+name tells the records and the reporter election apart) and writes its state and reports into
+an emptyDir. Readiness is /healthz, not /readyz: a
 sidecar without a reference yet (no version published, or no traffic from the pinned one)
 must not hold the whole pod out of the Service.
 */}}
@@ -191,6 +193,11 @@ must not hold the whole pod out of the Service.
       value: /var/lib/atelier/drift/state
     - name: ATELIER_DRIFT_REPORTS_DIR
       value: /var/lib/atelier/drift/reports
+    - name: ATELIER_DRIFT_POD_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+    {{- include "atelier.driftStoreEnv" . | nindent 4 }}
     - name: HOME
       value: /tmp
     - name: MPLCONFIGDIR
@@ -233,6 +240,45 @@ must not hold the whole pod out of the Service.
     {{- with .Values.drift.extraVolumeMounts }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
+{{- end -}}
+
+{{/*
+The drift sidecar's database (drift.store): ATELIER_DRIFT_DATABASE_URL, and
+ATELIER_DRIFT_DATABASE_PASSWORD from a Secret when the URL carries none. sqlite: a file in the
+state folder (the drift-data emptyDir, so one pod's log, lost with the pod); postgresql: the
+bundled Service in the release namespace (short name, as k8s/ may be applied elsewhere),
+password from the chart's Secret; external: the URL (and password) from the user's Secret.
+*/}}
+{{- define "atelier.driftStoreEnv" -}}
+{{- $store := .Values.drift.store -}}
+{{- if eq $store.type "sqlite" -}}
+- name: ATELIER_DRIFT_DATABASE_URL
+  value: sqlite:////var/lib/atelier/drift/state/inference-log.db
+{{- else if eq $store.type "postgresql" -}}
+{{- $pg := $store.postgresql -}}
+{{- $name := include "atelier.postgresqlName" . -}}
+- name: ATELIER_DRIFT_DATABASE_URL
+  value: {{ printf "postgresql+psycopg://%s@%s:5432/%s" $pg.username $name $pg.database }}
+- name: ATELIER_DRIFT_DATABASE_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $name }}
+      key: password
+{{- else -}}
+{{- $ext := $store.external -}}
+- name: ATELIER_DRIFT_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ $ext.existingSecret }}
+      key: {{ $ext.urlKey }}
+{{- with $ext.passwordKey }}
+- name: ATELIER_DRIFT_DATABASE_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $ext.existingSecret }}
+      key: {{ . }}
+{{- end }}
+{{- end -}}
 {{- end -}}
 
 {{/* Volumes of a serving pod except the model itself. */}}

@@ -7,7 +7,9 @@ renders the chart and writes
 - ``k8s/base/``: the chart's default render (KServe mode, kube-prometheus-stack monitoring,
   no Ingress) with the Helm-only parts taken out: the ``helm.sh/chart`` and
   ``app.kubernetes.io/managed-by`` labels, ``helm.sh/*`` annotations, the ``helm test``
-  hook pod and ``metadata.namespace`` (the overlay sets the namespace);
+  hook pod, the Secrets (the chart generates the bundled PostgreSQL's password at random on
+  every render; a committed copy would be a published password, so k8s/README.md has the
+  deployer create it) and ``metadata.namespace`` (the overlay sets the namespace);
 - ``k8s/components/<name>/``: one kustomize Component per chart switch (raw mode, bundled
   monitoring, ingress): the objects it adds, delete patches for the objects it removes and
   JSON patches for the objects it changes. Components are applied in ``component_order()``,
@@ -118,6 +120,11 @@ def is_hook(obj: dict[str, Any]) -> bool:
     return "helm.sh/hook" in annotations
 
 
+def is_left_out(obj: dict[str, Any]) -> bool:
+    """Helm hooks (the test pod) and Secrets (generated values, created by the deployer)."""
+    return is_hook(obj) or obj.get("kind") == "Secret"
+
+
 def normalize(obj: dict[str, Any]) -> dict[str, Any]:
     """The object as k8s/ holds it: no Helm labels or annotations, no namespace."""
     out = copy.deepcopy(obj)
@@ -133,11 +140,11 @@ def key_of(obj: dict[str, Any]) -> Key:
 def render(
     set_values: Sequence[str] = (), values_files: Sequence[Path | str] = ()
 ) -> dict[Key, Any]:
-    """The chart's objects for these switches, normalised, hooks left out, by key."""
+    """The chart's objects for these switches, normalised, hooks and Secrets left out, by key."""
     objects = chart.helm_template(values_files, set_values, release=RELEASE, namespace=NAMESPACE)
     out: dict[Key, Any] = {}
     for obj in objects:
-        if is_hook(obj):
+        if is_left_out(obj):
             continue
         norm = normalize(obj)
         key = key_of(norm)

@@ -46,6 +46,10 @@ def test_normalize_takes_out_helm_and_the_namespace() -> None:
     assert obj["metadata"]["namespace"] == "atelier", "the input is not changed"
     hook = {"metadata": {"annotations": {"helm.sh/hook": "test"}}}
     assert k8s_sync.is_hook(hook) and not k8s_sync.is_hook(obj)
+    # Secrets stay out of k8s/: the chart generates the database password on every render.
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x-postgresql"}}
+    assert k8s_sync.is_left_out(secret) and k8s_sync.is_left_out(hook)
+    assert not k8s_sync.is_left_out(obj)
 
 
 def cm(name: str, data: str) -> tuple[Key, dict[str, Any]]:
