@@ -106,7 +106,7 @@ curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep -E '^atelier_(requests|e
 
 step "start the drift sidecar on 127.0.0.1:$DRIFT_PORT, reading $SPOOL"
 $BIN/atelier drift --spool-dir "$SPOOL" --store model-store --state-dir runs/demo-drift/state \
-  --reports-dir runs/demo-drift/reports --port "$DRIFT_PORT" --report-every-records 500 \
+  --database-url sqlite:///runs/demo-drift/inference-log.db --port "$DRIFT_PORT" --report-every-records 500 \
   --report-every-seconds 2 > runs/demo-drift.log 2>&1 &
 DRIFT_PID=$!
 for _ in $(seq 1 120); do
@@ -149,7 +149,7 @@ drift_gauges 1000 clean
 step "shifted traffic: the next 1,024 test images, inverted"
 $BIN/atelier send --url "$URL" --n 1024 --offset 1024 --shift invert
 drift_gauges 1000 drift
-echo "  Evidently report: runs/demo-drift/reports/latest.html (and latest.json); list: curl http://127.0.0.1:$DRIFT_PORT/reports"
+echo "  Evidently report: curl http://127.0.0.1:$DRIFT_PORT/reports/latest.html (and latest.json); list: curl http://127.0.0.1:$DRIFT_PORT/reports"
 
 step "load test: locust headless for 20 s (raw PNG, KServe v1 and v2, singles and batches; true labels to the drift sidecar; inverted images from 10 s on)"
 $BIN/atelier loadtest "$URL" --drift-url "http://127.0.0.1:$DRIFT_PORT" --users 4 --duration 20 --drift --report-dir runs/demo-loadtest

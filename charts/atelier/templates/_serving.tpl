@@ -191,8 +191,6 @@ must not hold the whole pod out of the Service.
       value: /mnt/store
     - name: ATELIER_DRIFT_STATE_DIR
       value: /var/lib/atelier/drift/state
-    - name: ATELIER_DRIFT_REPORTS_DIR
-      value: /var/lib/atelier/drift/reports
     - name: ATELIER_DRIFT_POD_NAME
       valueFrom:
         fieldRef:

@@ -137,8 +137,17 @@ def create_app(service: DriftService) -> FastAPI:
 
     @app.get("/reports")
     def reports() -> dict[str, Any]:
-        """The stored reports, newest first (from the shared log: the same on every pod)."""
-        return {"reports": service.log.list_reports(), "status": service.status()}
+        """The stored reports, newest first, and the newest status per window of the current
+        model version: read from the shared log, so every pod answers the same."""
+        spec = service.current_spec()
+        leader = service.log.leader()
+        return {
+            "reports": service.log.list_reports(),
+            "model_name": spec.model_name,
+            "model_version": spec.version,
+            "reporter": None if leader is None else leader[0],
+            "status": service.log.latest_status(spec.model_name, spec.version),
+        }
 
     @app.get("/reports/{name}")
     def report(name: str) -> Response:

@@ -519,7 +519,9 @@ class InferenceLog:
 
     # --- reports -------------------------------------------------------------------------
 
-    def save_report(self, summary: Mapping[str, Any], html: str | None, severity: str) -> None:
+    def save_report(
+        self, summary: Mapping[str, Any], html: str | None, status: Mapping[str, Any]
+    ) -> None:
         with self._tx("saving a report") as conn:
             conn.execute(
                 insert(s.drift_reports).values(
@@ -528,7 +530,8 @@ class InferenceLog:
                     model_name=summary["model_name"],
                     model_version=summary["model_version"],
                     window=summary["window"],
-                    severity=severity,
+                    severity=status["severity"],
+                    status=json.dumps(status, allow_nan=False),
                     summary=json.dumps(summary, allow_nan=False),
                     html_gz=None if html is None else gzip.compress(html.encode(), 6),
                 )
@@ -562,6 +565,21 @@ class InferenceLog:
             }
             for i, c, n, v, w, sev, h in rows
         ]
+
+    def latest_status(self, model_name: str, model_version: str) -> dict[str, Any]:
+        """The newest report's status per window of a version: ``{window: status}``."""
+        r = s.drift_reports.c
+        with self._tx("reading report status") as conn:
+            rows = conn.execute(
+                select(r.window, r.status)
+                .where(r.model_name == model_name, r.model_version == model_version)
+                .order_by(r.created.desc())
+                .limit(100)
+            ).all()
+        out: dict[str, Any] = {}
+        for window, status in rows:
+            out.setdefault(window, json.loads(status))
+        return out
 
     def report(self, report_id: str | None) -> tuple[str, bytes | None] | None:
         """(summary JSON, gzip'd HTML) of a report; None for ``report_id`` = the newest."""

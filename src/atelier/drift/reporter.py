@@ -160,8 +160,9 @@ class Reporter:
                 )  # fmt: skip
             except NotEnoughDataError as exc:
                 result = None
-                state.status[window] = {"severity": "no_data", "reason": exc.message,
-                                        "rows": len(frame)}  # fmt: skip
+                detail = {"reason": exc.message, "rows": len(frame)}
+                state.status[window] = {"severity": "no_data", "drift_share": None,
+                                        "report_id": None, "detail": detail}  # fmt: skip
             with self.svc._gauges:
                 if not self.svc.leading:  # lost the lease meanwhile: export nothing
                     return
@@ -179,8 +180,10 @@ class Reporter:
                 **result.summary(), "severity": severity, "detail": detail,
                 "evidently": result.evidently_json,
             }  # fmt: skip
-            self.log.save_report(json_safe(summary), result.html, severity)
-            state.status[window] = {"severity": severity, "report_id": report_id, **detail}
+            status = json_safe({"severity": severity, "drift_share": result.drift_share,
+                                "report_id": report_id, "detail": detail})  # fmt: skip
+            self.log.save_report(json_safe(summary), result.html, status)
+            state.status[window] = status
             self.m.report_seconds.observe(time.perf_counter() - t0)
         now = time.time()
         self.svc.last_report = now

@@ -120,6 +120,7 @@ drift_reports = Table(
     Column("model_version", String(NAME_LENGTH), nullable=False),
     Column("window", String(64), nullable=False),
     Column("severity", String(16), nullable=False),
+    Column("status", Text, nullable=False),  # JSON: severity, drift share, detail (small)
     Column("summary", Text, nullable=False),  # JSON: our summary + Evidently's snapshot
     Column("html_gz", LargeBinary, nullable=True),
     Index("ix_drift_reports_created", "created"),

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from atelier.drift.inference_log import InferenceLog, LoggedPrediction
+from atelier.drift.inference_log import InferenceLog, LoggedPrediction, default_pod_name
 from atelier.drift.ingest import SpoolFollower
 from atelier.drift.reference import ModelSpec, model_spec
 from atelier.runtime.errors import (
@@ -205,7 +205,7 @@ class DriftService:
         self.s = settings
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = DriftMetrics()
-        self.pod = settings.pod_name
+        self.pod = settings.pod_name or default_pod_name()
         self.log = InferenceLog(settings.database)
         self.follower = self._new_follower()
         self.migrated = False

@@ -16,7 +16,6 @@ from typing import Any
 from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from atelier.drift.inference_log import default_pod_name
 from atelier.drift.report import DriftMethods
 from atelier.runtime.errors import ConfigError
 
@@ -38,7 +37,8 @@ class DriftSettings(BaseSettings):
     database_url: str = "sqlite:///runs/drift/inference-log.db"
     database_password: SecretStr | None = None
     # Who this sidecar is: recorded with every record it ships, and its reporter identity.
-    pod_name: str = Field(default_factory=default_pod_name, min_length=1, max_length=253)
+    # None: the host name (a pod's name in Kubernetes).
+    pod_name: str | None = Field(None, min_length=1, max_length=253)
     # The reporter lease: renewed every second; another sidecar takes over at most this long
     # after the reporter stops renewing it.
     reporter_lease_s: float = Field(15.0, ge=2, le=600)

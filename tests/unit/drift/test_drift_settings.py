@@ -57,7 +57,8 @@ def test_the_launchers_flags_parse(tmp_path: Path) -> None:
     s = from_args(argv)
     assert (s.port, s.report_every_records, s.report_every_seconds) == (8123, 500, 2.5)
     assert s.spool_dir == (tmp_path / "spool").resolve()
-    assert s.reports_dir == sidecar.run_dir / "reports"
+    assert s.database_url == f"sqlite:///{sidecar.run_dir / 'inference-log.db'}"
+    assert s.pod_name == "sidecar-8123"
 
 
 def test_flags_override_env_and_nested_flags_merge_with_env(

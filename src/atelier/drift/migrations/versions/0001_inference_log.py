@@ -95,6 +95,7 @@ def upgrade() -> None:
         sa.Column("model_version", sa.String(64), nullable=False),
         sa.Column("window", sa.String(64), nullable=False),
         sa.Column("severity", sa.String(16), nullable=False),
+        sa.Column("status", sa.Text, nullable=False),
         sa.Column("summary", sa.Text, nullable=False),
         sa.Column("html_gz", sa.LargeBinary, nullable=True),
     )
