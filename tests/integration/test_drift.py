@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import requests
 
+from atelier.drift.inference_log import InferenceLog
 from atelier.runtime.preprocess import encode_png
 from atelier.tools.drift import DriftSidecar, SidecarSettings
 from atelier.tools.torchserve import TorchServe, TorchServeSettings
@@ -90,7 +91,8 @@ def test_ready_and_health(stack: dict) -> None:
     assert requests.get(f"{sidecar.url}/healthz", timeout=5).status_code == 200
     ready = requests.get(f"{sidecar.url}/readyz", timeout=5)
     assert ready.status_code == 200 and "version 1" in ready.json()["reason"]
-    assert sidecar.metric("atelier_drift_reference_info", model_version="1") == 1
+    # The only sidecar takes the reporter lease within a second or two.
+    wait_for(lambda: sidecar.metric("atelier_drift_reporter") == 1, what="the reporter lease")
 
 
 def test_held_out_images_are_not_drift(stack: dict, test_images) -> None:
@@ -172,6 +174,11 @@ def test_feedback_gives_live_accuracy(stack: dict, test_images) -> None:
         )
         assert r.status_code == 200, r.text
     expected = float(np.mean(np.array(preds) == y[2048:2248]))
+    # The reporter refreshes live accuracy within a second of the labels landing.
+    wait_for(
+        lambda: sidecar.metric("atelier_drift_labelled_records", window=SHORT) == 200,
+        what="200 labelled records in the window",
+    )
     assert sidecar.metric("atelier_drift_live_accuracy", window=SHORT) == pytest.approx(expected)
     r = requests.post(
         f"{sidecar.url}/feedback", json={"request_id": ids[0], "label": 99}, timeout=5
@@ -183,7 +190,10 @@ def test_feedback_gives_live_accuracy(stack: dict, test_images) -> None:
         requests.post(
             f"{sidecar.url}/feedback", json={"request_id": rid, "label": wrong}, timeout=5
         )
-    assert sidecar.metric("atelier_drift_live_accuracy", window=SHORT) == 0.0
+    wait_for(
+        lambda: sidecar.metric("atelier_drift_live_accuracy", window=SHORT) == 0.0,
+        what="live accuracy to follow the relabelling",
+    )
     send_v2(ts, x[3000:3512], stack["sent"])  # new records, so a new report runs
 
     def accuracy_critical() -> bool:
@@ -215,11 +225,18 @@ def test_restart_mid_stream_loses_and_repeats_nothing(stack: dict, test_images) 
     time.sleep(2)  # would any duplicate arrive?
     assert counted_before + again.metric("atelier_drift_records_ingested_total") == stack["sent"][0]
     assert again.metric("atelier_drift_duplicate_records_total") == 0
+    assert inference_log(stack).count() == stack["sent"][0]  # each record once in the log
 
 
-def test_report_files_and_state_on_disk(stack: dict) -> None:
+def inference_log(stack: dict) -> InferenceLog:
+    return InferenceLog(f"sqlite:///{stack['settings'].run_dir.resolve() / 'inference-log.db'}")
+
+
+def test_reports_and_state_are_kept(stack: dict) -> None:
     run = stack["settings"].run_dir
-    assert (run / "reports" / "latest.json").is_file()
     assert (run / "state" / "spool-state.json").is_file()
-    summary = json.loads((run / "reports" / "latest.json").read_text())
-    assert summary["model_version"] == "1"
+    reports = inference_log(stack).list_reports()
+    assert {r["window"] for r in reports} >= {SHORT, "since_live"}
+    assert all(r["model_version"] == "1" for r in reports)
+    newest = json.loads(requests.get(f"{current(stack).url}/reports/latest.json", timeout=10).text)
+    assert newest["id"] == reports[0]["id"] and newest["model_version"] == "1"

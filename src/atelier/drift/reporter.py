@@ -46,7 +46,8 @@ class VersionState:
     since_live: ReservoirWindow
     last_id: int  # newest row fed into since_live
     last_report: float = 0.0
-    labelled: int = -1  # version_stats.labelled at the last accuracy refresh
+    # (accuracy, labelled) of version_stats at the last refresh: a relabel changes the first.
+    labels_seen: tuple[float | None, int] = (None, -1)
     status: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -237,9 +238,9 @@ class Reporter:
     def refresh_accuracy(self, key: VersionKey, state: VersionState) -> None:
         name, version = key
         acc, n = self.log.version_accuracy(name, version)
-        if n == state.labelled:
+        if (acc, n) == state.labels_seen:
             return
-        state.labelled = n
+        state.labels_seen = (acc, n)
         windows = [(w, *self.log.last(name, version, size).accuracy())
                    for w, size in self.s.windows.items()]  # fmt: skip
         with self.svc._gauges:
