@@ -249,7 +249,8 @@ class DriftService:
             t0 = time.perf_counter()
             try:
                 result = run_drift(ref.profile, frame, self.methods, with_html=self.s.report_html,
-                                   min_rows=self.s.min_rows)  # fmt: skip
+                                   min_rows=self.s.min_rows,
+                                   num_classes=ref.num_classes)  # fmt: skip
             except NotEnoughDataError as exc:
                 out[name] = WindowStatus(
                     "no_data", detail={"reason": exc.message, "rows": len(frame)}

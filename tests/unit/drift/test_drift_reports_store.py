@@ -181,7 +181,7 @@ def test_real_report_round_trip(tmp_path: Path) -> None:
         data["predicted_class"] = rng.integers(0, 10, n).astype(np.float64)
         return pd.DataFrame(data)
 
-    result = run_drift(frame(300), frame(200), DriftMethods(), with_html=True)
+    result = run_drift(frame(300), frame(200), DriftMethods(), num_classes=10, with_html=True)
     store = ReportStore(tmp_path)
     report_id = store.write(result, "15m", "v1")
     data = json.loads(store.path(report_id, "json").read_text())

@@ -13,6 +13,8 @@ from atelier.drift.settings import DriftSettings
 from atelier.runtime.records import FeatureSpool, make_records
 from atelier.training.archive import archive_run
 from atelier.training.loop import RunResult
+from support.drift_store import publish_version
+from support.drift_store import records as store_records
 
 pytestmark = pytest.mark.unit
 
@@ -83,3 +85,33 @@ def test_an_unwritable_report_is_counted_and_ingestion_goes_on(
     assert service.metrics.report_errors._value.get() >= 1
     write(tmp_path / "spool", "1", 10, "d")
     assert service.ingest_once() == 10
+
+
+# --- A model store made without training (tests/support/drift_store.py) -----------------
+
+
+def spool(spool_dir: Path, recs: list[dict]) -> None:
+    writer = FeatureSpool(spool_dir)
+    assert writer.write(recs)
+    writer.close()
+
+
+@pytest.mark.parametrize("k", [3, 12])
+def test_reports_have_one_class_share_per_class_of_the_model(tmp_path: Path, k: int) -> None:
+    store = tmp_path / "store"
+    publish_version(store, "1", k)
+    service = DriftService(settings(tmp_path, store))
+    spool(tmp_path / "spool", store_records(120, num_classes=k))
+    assert service.ingest_once() == 120
+    status = service.run_reports()["last_1000"]
+    assert status.severity in ("ok", "warning", "critical"), status.detail
+    shares = {
+        (s.labels["class_name"], s.labels["source"]): s.value
+        for metric in service.metrics.class_share.collect()
+        for s in metric.samples
+        if s.labels["window"] == "last_1000"
+    }
+    names = [f"class-{i}" for i in range(k)]
+    assert set(shares) == {(n, src) for n in names for src in ("current", "reference")}
+    assert shares[(names[-1], "current")] == pytest.approx(1 / k, abs=0.02)
+    assert sum(shares[(n, "current")] for n in names) == pytest.approx(1.0)
