@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,9 +19,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from atelier.drift.feedback import FeedbackBook, PredictionLog
 from atelier.drift.ingest import SpoolFollower
-from atelier.drift.reference import Reference, ReferenceUnavailableError, load_reference
+from atelier.drift.reference import (
+    Reference,
+    ReferenceUnavailableError,
+    VersionCatalog,
+    load_reference,
+)
 from atelier.drift.report import SEVERITY_LEVEL, NotEnoughDataError, grade, run_drift
 from atelier.drift.reports_store import ReportStore, ReportWriteError
+from atelier.drift.schema import RecordGate
 from atelier.drift.settings import DriftSettings
 from atelier.drift.windows import Windows
 
@@ -109,6 +116,13 @@ class DriftMetrics:
         self.duplicates = Counter(
             "atelier_drift_duplicate_records", "Records skipped as already counted", registry=r
         )
+        self.refused = Counter(
+            "atelier_drift_refused_records",
+            "Records refused by reason: invalid (at /ingest), unknown_model, unknown_version, "
+            "class_out_of_range",
+            ["reason"],
+            registry=r,
+        )
         self.lag_bytes = Gauge(
             "atelier_drift_read_lag_bytes", "Spool bytes not read yet", registry=r
         )
@@ -148,7 +162,8 @@ class DriftService:
         for d in (settings.state_dir, settings.reports_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.metrics = DriftMetrics()
-        self.follower = SpoolFollower(settings.spool_dir, settings.state_dir / "spool-state.json")
+        self.follower = SpoolFollower(settings.spool_dir, settings.state_dir / "spool-state.json",
+                                      gate=RecordGate(VersionCatalog(settings.store)))  # fmt: skip
         self.windows = Windows(settings.windows, settings.reservoir)
         self.predictions = PredictionLog()
         self.feedback = FeedbackBook(self.predictions)
@@ -205,6 +220,8 @@ class DriftService:
         m.malformed.inc(batch.malformed)
         m.unknown_schema.inc(batch.unknown_schema)
         m.duplicates.inc(batch.duplicates)
+        for reason, n in batch.refused.items():
+            m.refused.labels(reason).inc(n)
         accepted = 0
         for version, records in _group_by_version(batch.records):
             ref = self.reference
@@ -354,9 +371,11 @@ class DriftService:
                     self.metrics.report_errors.inc()
 
 
-def _group_by_version(records: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+def _group_by_version(
+    records: Sequence[Mapping[str, Any]],
+) -> list[tuple[str, list[Mapping[str, Any]]]]:
     """Consecutive runs of records by model version, in order."""
-    groups: list[tuple[str, list[dict[str, Any]]]] = []
+    groups: list[tuple[str, list[Mapping[str, Any]]]] = []
     for rec in records:
         v = str(rec.get("model_version"))
         if groups and groups[-1][0] == v:

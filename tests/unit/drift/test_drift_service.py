@@ -115,3 +115,24 @@ def test_reports_have_one_class_share_per_class_of_the_model(tmp_path: Path, k: 
     assert set(shares) == {(n, src) for n in names for src in ("current", "reference")}
     assert shares[(names[-1], "current")] == pytest.approx(1 / k, abs=0.02)
     assert sum(shares[(n, "current")] for n in names) == pytest.approx(1.0)
+
+
+def test_bad_records_in_the_spool_cost_only_themselves(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    publish_version(store, "1", 10)
+    service = DriftService(settings(tmp_path, store))
+    good = store_records(100)
+    bad = [dict(good[0], request_id="huge", predicted_class=2**62),
+           dict(good[0], request_id="big", predicted_class=10**7),
+           dict(good[0], request_id="k", predicted_class=10),
+           dict(good[0], request_id="v", model_version="9")]  # fmt: skip
+    spool(tmp_path / "spool", good[:60] + bad + good[60:])
+    assert service.ingest_once() == 100
+    m = service.metrics
+    assert m.ingested._value.get() == 100
+    assert m.malformed._value.get() == 2
+    assert m.refused.labels("class_out_of_range")._value.get() == 1
+    assert m.refused.labels("unknown_version")._value.get() == 1
+    assert service.windows.count("last_1000") == 100
+    assert service.reference is not None and service.reference.version == "1"
+    assert service.ingest_once() == 0  # the position was committed past them
