@@ -150,7 +150,7 @@ class FeatureSpool:
                 self.path, what, exc, reason, self.log_every_s,
             )  # fmt: skip
 
-    def write(self, records: Sequence[dict[str, Any]]) -> bool:
+    def write(self, records: Sequence[Mapping[str, Any]]) -> bool:
         """Append the records as whole lines; False (counted, never raised) when they could
         not be written."""
         if not records:
