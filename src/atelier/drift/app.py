@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from atelier.drift.feedback import parse_label
 from atelier.drift.reference import VersionCatalog
-from atelier.drift.schema import (
+from atelier.drift.record_model import (
     MAX_INGEST_RECORDS,
     FeatureRecord,
     IngestAnswer,

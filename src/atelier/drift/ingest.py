@@ -14,7 +14,7 @@ uncommitted lines once: committed records are never counted again (their offsets
 persisted) and uncommitted ones are counted exactly once (they were never committed).
 The persisted dedupe keys additionally drop records the writer really wrote twice.
 
-Every line is validated with `atelier.drift.schema.FeatureRecord` (the type ``/ingest``
+Every line is validated with `atelier.drift.record_model.FeatureRecord` (the type ``/ingest``
 uses) and, given a `RecordGate`, against the model store: a record of an unknown model or
 version, or of a class its version does not have, is refused and counted by reason; the
 other records of the poll are kept. While the store cannot say (no CURRENT.json yet), the
@@ -37,7 +37,7 @@ from typing import BinaryIO
 
 from pydantic import ValidationError
 
-from atelier.drift.schema import FeatureRecord, RecordGate, parse_line
+from atelier.drift.record_model import FeatureRecord, RecordGate, parse_line
 from atelier.runtime.errors import ReferenceUnavailableError
 from atelier.runtime.records import SCHEMA
 
@@ -86,7 +86,7 @@ class _Skip(Exception):
 
 
 def parse_record(line: bytes) -> FeatureRecord:
-    """A v1 record from one line (`atelier.drift.schema.FeatureRecord`), or `_Skip`."""
+    """A v1 record from one line (`atelier.drift.record_model.FeatureRecord`), or `_Skip`."""
     try:
         return parse_line(line)
     except ValidationError:

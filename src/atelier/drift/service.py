@@ -27,7 +27,7 @@ from atelier.drift.reference import (
 )
 from atelier.drift.report import SEVERITY_LEVEL, NotEnoughDataError, grade, run_drift
 from atelier.drift.reports_store import ReportStore, ReportWriteError
-from atelier.drift.schema import RecordGate
+from atelier.drift.record_model import RecordGate
 from atelier.drift.settings import DriftSettings
 from atelier.drift.windows import Windows
 

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from atelier.drift.app import create_app
-from atelier.drift.schema import MAX_INGEST_RECORDS
+from atelier.drift.record_model import MAX_INGEST_RECORDS
 from atelier.drift.service import DriftService
 from atelier.drift.settings import DriftSettings
 from support.drift_store import publish_version, records

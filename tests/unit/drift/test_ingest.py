@@ -13,7 +13,7 @@ import pytest
 
 from atelier.drift.ingest import IngestBatch, SpoolFollower
 from atelier.drift.reference import VersionCatalog
-from atelier.drift.schema import RecordGate
+from atelier.drift.record_model import RecordGate
 from atelier.runtime.features import ALL_FEATURES
 from atelier.runtime.records import SCHEMA, FeatureSpool, make_records
 from support.drift_store import publish_version

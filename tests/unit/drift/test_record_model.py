@@ -1,4 +1,4 @@
-"""atelier.drift.schema: the feature record type, and the store checks of RecordGate."""
+"""atelier.drift.record_model: the feature record type, and the store checks of RecordGate."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from atelier.drift.reference import VersionCatalog, load_reference
-from atelier.drift.schema import MAX_CLASSES, RECORD, FeatureRecord, RecordGate, parse_line
+from atelier.drift.record_model import MAX_CLASSES, RECORD, FeatureRecord, RecordGate, parse_line
 from atelier.runtime.errors import ReferenceUnavailableError
 from atelier.runtime.features import ALL_FEATURES
 from atelier.runtime.records import MAX_REQUEST_ID_LENGTH, SCHEMA
