@@ -11,7 +11,9 @@ import pytest
 import requests
 
 from atelier.drift.inference_log import InferenceLog
+from atelier.runtime.features import ALL_FEATURES
 from atelier.runtime.preprocess import encode_png
+from atelier.runtime.records import make_records
 from atelier.tools.drift import DriftSidecar, SidecarSettings
 from atelier.tools.torchserve import TorchServe, TorchServeSettings
 from atelier.training.archive import ArchiveResult
@@ -146,6 +148,30 @@ def test_bad_input_and_feedback_errors(stack: dict) -> None:
     assert r.status_code in (404, 405)
     assert requests.get(f"{sidecar.url}/reports/nope.json", timeout=5).status_code == 404
     assert requests.get(f"{sidecar.url}/healthz", timeout=5).status_code == 200
+
+
+def test_ingest_keeps_the_good_records_and_refuses_the_bad(stack: dict) -> None:
+    sidecar = current(stack)
+    feats = {name: np.array([0.5]) for name in ALL_FEATURES}
+    good = make_records("ingest-1", "v2", MODEL, "1", feats, 0, 1)[0]
+    before = sidecar.metric("atelier_drift_records_ingested_total")
+    body = [good, dict(good, request_id="huge", predicted_class=2**62),
+            dict(good, request_id="up", model_version="../versions/1")]  # fmt: skip
+    r = requests.post(f"{sidecar.url}/ingest", json=body, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == 1
+    assert [(x["index"], x["field"]) for x in r.json()["refused"]] == [
+        (1, "predicted_class"), (2, "model_version")]  # fmt: skip
+    stack["sent"][0] += 1
+    wait_for(lambda: sidecar.metric("atelier_drift_records_ingested_total") >= before + 1,
+             what="the accepted record")  # fmt: skip
+    assert sidecar.metric("atelier_drift_refused_records_total", reason="invalid") == 2
+    r = requests.post(f"{sidecar.url}/ingest", json=body[1:], timeout=10)
+    assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_records"
+    big = b"[" + b" " * (9 * 1024 * 1024) + b"]"
+    r = requests.post(f"{sidecar.url}/ingest", data=big, timeout=30,
+                      headers={"Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 413 and r.json()["error"]["type"] == "payload_too_large"
 
 
 def test_feedback_gives_live_accuracy(stack: dict, test_images) -> None:

@@ -2,7 +2,8 @@
 
 /healthz, /readyz, /metrics, /feedback, /ingest, /reports, /reports/latest.(html|json),
 /reports/<id>.(html|json). Errors are ``{"error": {"type", "message"}}`` with the status
-of their AtelierError class.
+of their AtelierError class; a body that fails its declared type is a 400
+``malformed_request`` in the same shape.
 """
 
 from __future__ import annotations
@@ -10,29 +11,147 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import threading
 import time
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from pydantic import BaseModel
 
+from atelier.drift.record_model import (
+    MAX_INGEST_RECORDS,
+    FeatureRecord,
+    IngestAnswer,
+    IngestBody,
+    Invalid,
+    RecordGate,
+    RefusedRecord,
+    count_records,
+)
+from atelier.drift.reference import VersionCatalog
 from atelier.drift.service import DriftService
 from atelier.runtime.errors import (
     AtelierError,
     DatabaseUnavailableError,
+    EmptyBodyError,
     InvalidFeedbackError,
+    InvalidRecordsError,
     MalformedRequestError,
+    PayloadTooLargeError,
+    ReferenceUnavailableError,
     ReportNotFoundError,
     SpoolUnavailableError,
+    UnsupportedMediaTypeError,
     http_answer,
 )
-from atelier.runtime.records import SCHEMA, FeatureSpool
+from atelier.runtime.records import FeatureSpool
 
 MAX_REQUEST_ID = 128
 REPORT_ID = re.compile(r"^\d{8}T\d{12}-[A-Za-z0-9._-]{1,64}-[A-Za-z0-9_]{1,64}$")
-REQUIRED = ("request_id", "model_version", "predicted_class", "confidence")
+BODY_SHAPE = (
+    f'a feature record, a list of 1 to {MAX_INGEST_RECORDS:,} records or {{"records": [...]}}'
+)
+# Refused records named in a 422's message (all of them are in a 200's "refused").
+NAMED_REFUSALS = 10
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorAnswer(BaseModel):
+    """Every error the sidecar answers: ``{"error": {"type", "message"}}``."""
+
+    error: ErrorDetail
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorAnswer} for status in statuses}
+
+
+class _JsonBodyRequest(Request):
+    """A request whose JSON body was read within a byte limit and parsed once, before the
+    route's declared body is validated (FastAPI reads it back through body() and json())."""
+
+    _limited_body: bytes = b""
+    _parsed: Any = None
+
+    async def read_limited(self, max_bytes: int) -> None:
+        media = self.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media and media != "application/json" and not media.endswith("+json"):
+            raise UnsupportedMediaTypeError(f"Content-Type {media!r}: send application/json")
+        declared = self.headers.get("content-length", "")
+        too_large = f"at most {max_bytes:,} bytes (ATELIER_DRIFT_INGEST_MAX_BYTES)"
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise PayloadTooLargeError(f"the body has {int(declared):,} bytes, {too_large}")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in self.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise PayloadTooLargeError(
+                    f"the body has more than {max_bytes:,} bytes, {too_large}"
+                )
+            chunks.append(chunk)
+        self._limited_body = b"".join(chunks)
+        if not self._limited_body.strip():
+            raise EmptyBodyError(f"the body is empty: send {BODY_SHAPE}")
+        try:
+            self._parsed = json.loads(self._limited_body)
+        except (ValueError, RecursionError) as exc:
+            raise MalformedRequestError(f"body is not valid JSON: {exc}") from exc
+        n = count_records(self._parsed)
+        if n is not None and n > MAX_INGEST_RECORDS:
+            raise PayloadTooLargeError(
+                f"the body has {n:,} records, at most {MAX_INGEST_RECORDS:,}"
+            )
+
+    async def body(self) -> bytes:
+        return self._limited_body
+
+    async def json(self) -> Any:
+        return self._parsed
+
+
+def _limited_json_route(max_bytes: int) -> type[APIRoute]:
+    """Routes whose JSON body is bounded: 413 before anything is parsed."""
+
+    class LimitedJsonRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def limited(request: Request) -> Response:
+                bounded = _JsonBodyRequest(request.scope, request.receive)
+                await bounded.read_limited(max_bytes)
+                return await handler(bounded)
+
+            return limited
+
+    return LimitedJsonRoute
+
+
+def _shape_problem(exc: RequestValidationError) -> str:
+    """The validation error of the body shape the client meant (envelope, list), if any."""
+    body = exc.body
+    meant = None
+    if isinstance(body, dict) and "records" in body:
+        meant = "IngestEnvelope"
+    elif isinstance(body, list):
+        meant = "list["
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        if meant and len(loc) > 1 and loc[1].startswith(meant):
+            where = ".".join(loc[2:])
+            return f": {where + ': ' if where else ''}{err.get('msg', '')}"
+    return ""
 
 
 def create_app(service: DriftService) -> FastAPI:
@@ -40,10 +159,18 @@ def create_app(service: DriftService) -> FastAPI:
     since = Gauge("atelier_drift_seconds_since_last_report", "Seconds since the last report",
                   registry=service.metrics.registry)  # fmt: skip
     ingest_spool: dict[str, FeatureSpool] = {}
+    spool_lock = threading.Lock()
+    gate = RecordGate(VersionCatalog(service.s.store))
 
     @app.exception_handler(AtelierError)
     async def _typed(_: Request, exc: AtelierError) -> JSONResponse:
         status, body = http_answer(exc)
+        return JSONResponse(body, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
+        err = MalformedRequestError(f"expected {BODY_SHAPE}{_shape_problem(exc)}")
+        status, body = http_answer(err)
         return JSONResponse(body, status_code=status)
 
     @app.get("/healthz")
@@ -107,33 +234,57 @@ def create_app(service: DriftService) -> FastAPI:
         out["expires_in_s"] = service.s.label_wait_s
         return JSONResponse(out, status_code=202)
 
-    @app.post("/ingest")
-    async def ingest(request: Request) -> dict[str, int]:
+    ingest_router = APIRouter(route_class=_limited_json_route(service.s.ingest_max_bytes))
+
+    @ingest_router.post(
+        "/ingest",
+        response_model=IngestAnswer,
+        responses=_errors(400, 413, 415, 422, 503),
+    )
+    def ingest(body: IngestBody) -> IngestAnswer:
         """Feature records over HTTP, for clusters without a shared volume: they are appended
-        to a spool file of their own and go through the same path as the handler's."""
-        body = await _json(request, MalformedRequestError)
-        records = body.get("records") if isinstance(body, dict) and "records" in body else body
-        if isinstance(records, dict):
-            records = [records]
-        if not isinstance(records, list) or not records:
-            raise MalformedRequestError(
-                'expected a record, a list of records or {"records": [...]}'
+        to a spool file of their own and go through the same path as the handler's.
+
+        Each record is checked on its own: its type (`FeatureRecord`), then its model and
+        version (published in the model store) and its predicted class (one of that
+        version's). The good ones are stored and the bad ones listed in ``refused``, with
+        200; when none is good, 422 ``invalid_records`` names them. The body is limited to
+        ``ingest_max_bytes`` (413 before it is parsed) and to 10,000 records.
+        """
+        keep: list[FeatureRecord] = []
+        refused: list[RefusedRecord] = []
+        try:
+            for i, rec in enumerate(body.records()):
+                problem = rec.problem if isinstance(rec, Invalid) else gate.problem(rec)
+                if problem is not None:
+                    refused.append(RefusedRecord(index=i, **asdict(problem)))
+                elif not isinstance(rec, Invalid):
+                    keep.append(rec)
+        except ReferenceUnavailableError as exc:
+            raise ReferenceUnavailableError(
+                f"the records' model versions cannot be checked: {exc.message}; nothing was "
+                "accepted"
+            ) from exc
+        for r in refused:
+            service.metrics.refused.labels(r.reason).inc()
+        if not keep:
+            named = "; ".join(f"records[{r.index}]: {r.message}" for r in refused[:NAMED_REFUSALS])
+            more = len(refused) - NAMED_REFUSALS
+            raise InvalidRecordsError(
+                f"no record can be stored: {named}" + (f"; and {more} more" if more > 0 else "")
             )
-        for i, rec in enumerate(records):
-            if not isinstance(rec, dict) or rec.get("schema") != SCHEMA:
-                raise MalformedRequestError(f"records[{i}]: schema must be {SCHEMA!r}")
-            missing = [k for k in REQUIRED if k not in rec]
-            if missing:
-                raise MalformedRequestError(f"records[{i}] lacks {', '.join(missing)}")
-        spool = ingest_spool.get("spool")
-        if spool is None:
-            spool = ingest_spool["spool"] = FeatureSpool(service.s.spool_dir)
-        if not spool.write(records):
+        with spool_lock:
+            spool = ingest_spool.get("spool")
+            if spool is None:
+                spool = ingest_spool["spool"] = FeatureSpool(service.s.spool_dir)
+        if not spool.write(keep):
             raise SpoolUnavailableError(
-                f"{len(records)} records could not be stored in {spool.path}: "
+                f"{len(keep)} records could not be stored in {spool.path}: "
                 f"{', '.join(sorted(spool.take_errors())) or 'unavailable'}; nothing was accepted"
             )
-        return {"accepted": len(records)}
+        return IngestAnswer(accepted=len(keep), refused=refused)
+
+    app.include_router(ingest_router)
 
     @app.get("/reports")
     def reports() -> dict[str, Any]:

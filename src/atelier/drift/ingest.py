@@ -13,6 +13,12 @@ a crash between the two, the next process starts from the last commit and re-rea
 uncommitted lines once: committed records are never counted again (their offsets are
 persisted) and uncommitted ones are counted exactly once (they were never committed).
 The persisted dedupe keys additionally drop records the writer really wrote twice.
+
+Every line is validated with `atelier.drift.record_model.FeatureRecord` (the type ``/ingest``
+uses) and, given a `RecordGate`, against the model store: a record of an unknown model or
+version, or of a class its version does not have, is refused and counted by reason; the
+other records of the poll are kept. While the store cannot say (no CURRENT.json yet), the
+follower stops at the first record it cannot judge and reads it again at the next poll.
 """
 
 from __future__ import annotations
@@ -20,16 +26,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import re
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from atelier.runtime.features import ALL_FEATURES
+from pydantic import ValidationError
+
+from atelier.drift.record_model import FeatureRecord, RecordGate, parse_line
+from atelier.runtime.errors import ReferenceUnavailableError
 from atelier.runtime.records import SCHEMA
 
 log = logging.getLogger(__name__)
@@ -38,10 +47,6 @@ STATE_FORMAT = "atelier.spool-follower/v1"
 
 # features-<pid>.jsonl (live) or features-<pid>.jsonl.<n> (rotated, larger n = older).
 _NAME = re.compile(r"^features-(?P<writer>.+?)\.jsonl(?:\.(?P<n>\d+))?$")
-
-_STRING_KEYS = ("request_id", "model_name", "model_version", "protocol")
-_FLOAT_KEYS = ("time", *(f for f in ALL_FEATURES if f != "predicted_class"))
-REQUIRED_KEYS = ("schema", *_STRING_KEYS, "index", "predicted_class", *_FLOAT_KEYS)
 
 # How much of a file's head identifies it (to notice a reused inode number).
 _HEAD_BYTES = 256
@@ -53,10 +58,12 @@ RecordKey = tuple[str, int]
 class IngestBatch:
     """What one poll read: valid new records and counts of what was skipped and why."""
 
-    records: list[dict[str, Any]] = field(default_factory=list)
-    malformed: int = 0  # not JSON, not an object, missing keys, wrong types, non-finite numbers
+    records: list[FeatureRecord] = field(default_factory=list)
+    malformed: int = 0  # not JSON, not an object, not a FeatureRecord (types, bounds, keys)
     unknown_schema: int = 0  # a JSON object whose "schema" is not atelier.features/v1
     duplicates: int = 0  # (request_id, index) seen recently
+    refused: dict[str, int] = field(default_factory=dict)  # by RecordGate, per reason
+    waiting: str | None = None  # why the poll stopped at a record it cannot judge yet
     lag_bytes: int = 0  # bytes in followed files not consumed yet, after this poll
     files: int = 0  # files followed after this poll
 
@@ -78,34 +85,20 @@ class _Skip(Exception):
         self.schema = schema
 
 
-def parse_record(line: bytes) -> dict[str, Any]:
-    """A v1 record from one line, or `_Skip`. ``predicted_class`` becomes an int."""
+def parse_record(line: bytes) -> FeatureRecord:
+    """A v1 record from one line (`atelier.drift.record_model.FeatureRecord`), or `_Skip`."""
+    try:
+        return parse_line(line)
+    except ValidationError:
+        pass
+    # Not a valid v1 record: a record of another format version, or a malformed line?
     try:
         obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _Skip("malformed") from exc
-    if not isinstance(obj, dict) or "schema" not in obj:
-        raise _Skip("malformed")
-    schema = obj["schema"]
-    if schema != SCHEMA:
-        raise _Skip("unknown_schema", schema=str(schema))
-    for key in _STRING_KEYS:
-        if not isinstance(obj.get(key), str):
-            raise _Skip("malformed")
-    index = obj.get("index")
-    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-        raise _Skip("malformed")
-    for key in _FLOAT_KEYS:
-        v = obj.get(key)
-        if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
-            raise _Skip("malformed")
-    pc = obj.get("predicted_class")
-    if isinstance(pc, float) and pc.is_integer():
-        pc = int(pc)
-    if not isinstance(pc, int) or isinstance(pc, bool) or pc < 0:
-        raise _Skip("malformed")
-    obj["predicted_class"] = pc
-    return obj
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise _Skip("malformed") from None
+    if isinstance(obj, dict) and "schema" in obj and obj["schema"] != SCHEMA:
+        raise _Skip("unknown_schema", schema=str(obj["schema"]))
+    raise _Skip("malformed")
 
 
 def _head_hash(fh: BinaryIO, length: int) -> str:
@@ -116,10 +109,18 @@ def _head_hash(fh: BinaryIO, length: int) -> str:
 class SpoolFollower:
     """Reads new complete records from ``spool_dir``; `commit` makes the position durable."""
 
-    def __init__(self, spool_dir: Path, state_path: Path, dedupe_keys: int = 200_000) -> None:
+    def __init__(
+        self,
+        spool_dir: Path,
+        state_path: Path,
+        dedupe_keys: int = 200_000,
+        gate: RecordGate | None = None,
+    ) -> None:
         self.spool_dir = Path(spool_dir)
         self.state_path = Path(state_path)
         self.dedupe_keys = max(0, dedupe_keys)
+        self.gate = gate
+        self._waiting_logged = float("-inf")
         self._files: dict[tuple[int, int], _FileState] = {}
         self._seen: OrderedDict[RecordKey, None] = OrderedDict()
         self._logged_schemas: set[str] = set()
@@ -265,7 +266,7 @@ class SpoolFollower:
         opened = self._open_files()
         try:
             for key, path, fh in opened:
-                if len(batch.records) >= max_records:
+                if len(batch.records) >= max_records or batch.waiting:
                     break
                 self._read_file(key, path, fh, batch, max_records)
             present = self._present_keys() | {key for key, _, _ in opened}
@@ -333,17 +334,19 @@ class SpoolFollower:
                     batch.malformed += 1
                     offset += len(line)
                 break
+            if not self._take(line, path, batch):
+                break  # cannot be judged yet: read again from this line at the next poll
             offset += len(line)
-            self._take(line, path, batch)
         state.offset = offset
         want = min(offset, _HEAD_BYTES)
         if want > state.head_len:
             state.head_len = want
             state.head_hash = _head_hash(fh, want)
 
-    def _take(self, line: bytes, path: Path, batch: IngestBatch) -> None:
+    def _take(self, line: bytes, path: Path, batch: IngestBatch) -> bool:
+        """Count or keep one line; False (nothing counted) when the store cannot judge it."""
         if not line.strip():
-            return
+            return True
         try:
             rec = parse_record(line)
         except _Skip as skip:
@@ -361,13 +364,30 @@ class SpoolFollower:
                     )
             else:
                 batch.malformed += 1
-            return
+            return True
         rkey = (rec["request_id"], rec["index"])
         if rkey in self._seen:
             batch.duplicates += 1
             self._seen.move_to_end(rkey)
-            return
+            return True
+        if self.gate is not None:
+            try:
+                problem = self.gate.problem(rec)
+            except ReferenceUnavailableError as exc:
+                batch.waiting = exc.message
+                self._log_waiting(exc.message)
+                return False
+            if problem is not None:
+                batch.refused[problem.reason] = batch.refused.get(problem.reason, 0) + 1
+                return True
         self._seen[rkey] = None
         if len(self._seen) > self.dedupe_keys:
             self._seen.popitem(last=False)
         batch.records.append(rec)
+        return True
+
+    def _log_waiting(self, why: str) -> None:
+        now = time.monotonic()
+        if now - self._waiting_logged >= 60.0:
+            self._waiting_logged = now
+            log.error("spool records wait until the model store can judge them: %s", why)

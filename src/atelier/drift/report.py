@@ -61,8 +61,6 @@ CATEGORICAL_FEATURES: tuple[str, ...] = ("predicted_class",)
 NUMERICAL_FEATURES: tuple[str, ...] = tuple(
     f for f in ALL_FEATURES if f not in CATEGORICAL_FEATURES
 )
-NUM_CLASSES = 10  # Fashion-MNIST
-
 # Methods whose score is a p-value (drift when small); all others are distances.
 P_VALUE_METHODS = frozenset({"ks"})
 
@@ -230,12 +228,15 @@ def confidence_zscore(reference_conf: Sequence[float], current_conf: Sequence[fl
 def class_distribution(
     reference_classes: Sequence[float],
     current_classes: Sequence[float],
-    num_classes: int = NUM_CLASSES,
+    num_classes: int,
 ) -> tuple[float, list[float], list[float]]:
-    """Jensen-Shannon distance (base 2, so 0..1) between the class mixes, and both mixes.
+    """Jensen-Shannon distance (base 2, so 0..1) between the class mixes, and both mixes
+    (``num_classes`` shares each, class 0 first).
 
-    Values outside 0..num_classes-1 and NaNs are ignored. Raises `ValueError` when a side
-    has no valid class at all (a distance against nothing means nothing).
+    NaNs are ignored; a value that is not a class id 0..num_classes-1 raises
+    `DriftInputError` (it is not dropped: the shares would silently stop adding up to the
+    traffic). Raises `ValueError` when a side has no class at all (a distance against
+    nothing means nothing).
     """
     ref_counts = _class_counts(reference_classes, num_classes)
     cur_counts = _class_counts(current_classes, num_classes)
@@ -250,10 +251,11 @@ def class_distribution(
 def class_mix_p_value(
     reference_classes: Sequence[float],
     current_classes: Sequence[float],
-    num_classes: int = NUM_CLASSES,
+    num_classes: int,
 ) -> float:
     """p-value of the chi-square test that both samples come from one class mix (1.0 when
-    fewer than two classes occur at all: nothing to compare)."""
+    fewer than two classes occur at all: nothing to compare). Classes as in
+    `class_distribution`."""
     table = np.stack(
         [_class_counts(reference_classes, num_classes), _class_counts(current_classes, num_classes)]
     )
@@ -264,11 +266,18 @@ def class_mix_p_value(
 
 
 def _class_counts(classes: Sequence[float], num_classes: int) -> np.ndarray:
+    if num_classes < 1:
+        raise DriftInputError(f"num_classes must be at least 1, got {num_classes}")
     values = np.asarray(classes, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    ints = values.astype(np.int64)
-    ints = ints[(ints == values) & (ints >= 0) & (ints < num_classes)]
-    return np.bincount(ints, minlength=num_classes).astype(np.float64)
+    values = values[~np.isnan(values)]
+    bad = values[(values != np.floor(values)) | (values < 0) | (values >= num_classes)]
+    if len(bad):
+        raise DriftInputError(
+            f"{len(bad)} predicted classes are not class ids 0 to {num_classes - 1} "
+            f"(e.g. {bad[0]:g}): the model has {num_classes} classes",
+            hint="pass the served version's class count (Reference.num_classes)",
+        )
+    return np.bincount(values.astype(np.int64), minlength=num_classes).astype(np.float64)
 
 
 def grade(value: float, warning: float, critical: float) -> Severity:
@@ -393,11 +402,15 @@ def run_drift(
     current: pd.DataFrame,
     methods: DriftMethods,
     *,
+    num_classes: int,
     with_html: bool = True,
     min_rows: int = 30,
-    num_classes: int = NUM_CLASSES,
 ) -> DriftResult:
     """Compare `current` with `reference` over ALL_FEATURES and grade the result.
+
+    ``num_classes`` is the model's class count (`Reference.num_classes`): the class mix has
+    that many shares, and a predicted class outside 0..num_classes-1 on either side is
+    refused with `DriftInputError`, before Evidently runs.
 
     With ``with_html`` the report is Evidently's DataDriftPreset (its HTML is kept in
     ``result.html``). Without it, only the metrics the preset is made of are run
@@ -415,6 +428,11 @@ def run_drift(
     started = time.perf_counter()
     ref = _prepare(reference, "reference", min_rows)
     cur = _prepare(current, "current", min_rows)
+    for name, frame in (("reference", ref), ("current", cur)):
+        try:
+            _class_counts(frame["predicted_class"], num_classes)
+        except DriftInputError as exc:
+            raise DriftInputError(f"the {name} frame: {exc.message}", hint=exc.hint) from None
     _register_fast_ks()
 
     columns = list(ALL_FEATURES)

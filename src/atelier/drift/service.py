@@ -30,7 +30,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from atelier.drift.inference_log import InferenceLog, LoggedPrediction, default_pod_name
 from atelier.drift.ingest import SpoolFollower
-from atelier.drift.reference import ModelSpec, model_spec
+from atelier.drift.record_model import RecordGate
+from atelier.drift.reference import ModelSpec, VersionCatalog, model_spec
 from atelier.runtime.errors import (
     AtelierError,
     DatabaseUnavailableError,
@@ -163,6 +164,13 @@ class DriftMetrics:
         self.duplicates = Counter(
             "atelier_drift_duplicate_records", "Records skipped as already counted", registry=r
         )
+        self.refused = Counter(
+            "atelier_drift_refused_records",
+            "Records refused by reason: invalid (at /ingest), unknown_model, unknown_version, "
+            "class_out_of_range",
+            ["reason"],
+            registry=r,
+        )
         self.lag_bytes = Gauge(
             "atelier_drift_read_lag_bytes", "Spool bytes not shipped yet", registry=r
         )
@@ -224,7 +232,11 @@ class DriftService:
         self._gauges = threading.RLock()
 
     def _new_follower(self) -> SpoolFollower:
-        return SpoolFollower(self.s.spool_dir, self.s.state_dir / "spool-state.json")
+        return SpoolFollower(
+            self.s.spool_dir,
+            self.s.state_dir / "spool-state.json",
+            gate=RecordGate(VersionCatalog(self.s.store)),
+        )
 
     # --- readiness -----------------------------------------------------------------------
 
@@ -288,6 +300,8 @@ class DriftService:
         m.malformed.inc(batch.malformed)
         m.unknown_schema.inc(batch.unknown_schema)
         m.duplicates.inc(batch.duplicates)
+        for reason, n in batch.refused.items():
+            m.refused.labels(reason).inc(n)
         m.ingested.inc(len(batch.records))
         self.follower.commit()
         self._lag_records = round(batch.lag_bytes / MEAN_LINE_BYTES)

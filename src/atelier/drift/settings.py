@@ -63,6 +63,8 @@ class DriftSettings(BaseSettings):
     # Reports kept per model version and window.
     retention: int = Field(20, ge=1)
     poll_interval_s: float = Field(0.5, gt=0)
+    # POST /ingest bodies above this many bytes are refused (413) before they are parsed.
+    ingest_max_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
 
     # Drift methods and thresholds, pinned so results are comparable run to run: the
     # report's own typed model (ATELIER_DRIFT_METHODS__NUMERIC_METHOD=wasserstein, ...).

@@ -236,6 +236,14 @@ class InvalidLabelError(AtelierError):
     kind = "invalid_label"
 
 
+class InvalidRecordsError(AtelierError):
+    """No record of an /ingest body can be stored: the message names each one (its index in
+    the body, the field, why). A body with some good records is answered 200 instead."""
+
+    http_status = 422
+    kind = "invalid_records"
+
+
 class ReferenceUnavailableError(AtelierError):
     http_status = 503
     kind = "reference_unavailable"

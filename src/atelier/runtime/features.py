@@ -23,6 +23,14 @@ IMAGE_FEATURES = (
 PREDICTION_FEATURES = ("predicted_class", "confidence", "entropy")
 ALL_FEATURES = IMAGE_FEATURES + PREDICTION_FEATURES
 
+# The values each real-valued feature can take (inclusive); the drift sidecar refuses a
+# record outside them. predicted_class is a class id, bounded by the model's class count.
+FEATURE_RANGES: dict[str, tuple[float, float]] = {
+    **dict.fromkeys(IMAGE_FEATURES, (0.0, 1.0)),
+    "confidence": (0.0, 1.0),
+    "entropy": (0.0, 100.0),  # nats, at most ln(classes): 100 bounds any classifier
+}
+
 
 def image_features(batch: np.ndarray) -> dict[str, np.ndarray]:
     """Features of a uint8 (N, C, H, W) batch, each an (N,) float64 array."""

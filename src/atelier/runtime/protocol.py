@@ -50,6 +50,7 @@ from atelier.runtime.preprocess import (
     PixelBudgetError,
     bytes_to_array,
 )
+from atelier.runtime.records import MAX_REQUEST_ID_LENGTH, REQUEST_ID_PATTERN
 
 OUTPUT_NAMES = ("probabilities", "label")
 V2_DATATYPES = ("UINT8", "FP32", "BYTES")
@@ -67,14 +68,14 @@ class Limits:
     max_image_pixels: int = MAX_IMAGE_PIXELS
     max_request_pixels: int = MAX_REQUEST_PIXELS
     # Request ids are copied into every image's feature record.
-    max_request_id_length: int = 128
+    max_request_id_length: int = MAX_REQUEST_ID_LENGTH
 
     def budget(self) -> PixelBudget:
         return PixelBudget(self.max_image_pixels, self.max_request_pixels)
 
 
 # What a request id may hold: enough for UUIDs, trace ids and "<client>-<n>" names.
-REQUEST_ID_CHARS = re.compile(r"[A-Za-z0-9._:/@+=-]+")
+REQUEST_ID_CHARS = re.compile(REQUEST_ID_PATTERN)
 
 
 def check_request_id(value: str, where: str, limits: Limits) -> str:

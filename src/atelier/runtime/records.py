@@ -36,6 +36,15 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "atelier.features/v1"
 
+# A record's request_id is the request's id (X-Request-Id, v2's "id" or a generated UUID),
+# checked by the serving protocols against this rule before any record is written; the
+# drift sidecar refuses records that break it.
+REQUEST_ID_PATTERN = r"[A-Za-z0-9._:/@+=-]+"
+MAX_REQUEST_ID_LENGTH = 128
+# A record's index is the image's position in its request: below the most images one request
+# may carry (the upper bound of ATELIER_MAX_INSTANCES).
+MAX_IMAGES_PER_REQUEST = 4096
+
 
 def failure_reason(exc: OSError) -> str:
     """The label a spool failure is counted under."""
@@ -141,7 +150,7 @@ class FeatureSpool:
                 self.path, what, exc, reason, self.log_every_s,
             )  # fmt: skip
 
-    def write(self, records: Sequence[dict[str, Any]]) -> bool:
+    def write(self, records: Sequence[Mapping[str, Any]]) -> bool:
         """Append the records as whole lines; False (counted, never raised) when they could
         not be written."""
         if not records:

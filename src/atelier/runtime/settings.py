@@ -22,7 +22,7 @@ from typing import Any
 
 from atelier.runtime.errors import ConfigError
 from atelier.runtime.protocol import Limits
-from atelier.runtime.records import FeatureSpool
+from atelier.runtime.records import MAX_IMAGES_PER_REQUEST, FeatureSpool
 
 ENV, MIN, MAX, DOC = "env", "min", "max", "doc"
 MiB = 1024 * 1024
@@ -51,7 +51,7 @@ class ServingSettings:
     max_instances: int = field(default=Limits.max_instances, metadata=_meta(
         "ATELIER_MAX_INSTANCES",
         "images in one request (v1 instances, v2 batch); more: 400 `too_many_instances`",
-        lo=1, hi=4096,
+        lo=1, hi=MAX_IMAGES_PER_REQUEST,
     ))  # fmt: skip
     max_payload_bytes: int = field(default=Limits.max_payload_bytes, metadata=_meta(
         "ATELIER_MAX_PAYLOAD_BYTES",

@@ -19,6 +19,8 @@ from atelier.runtime.errors import UnknownRequestError
 from atelier.runtime.records import FeatureSpool, make_records
 from atelier.training.archive import archive_run
 from atelier.training.loop import RunResult
+from support.drift_store import publish_version
+from support.drift_store import records as store_records
 
 pytestmark = pytest.mark.unit
 
@@ -191,3 +193,58 @@ def test_database_outage_delays_and_loses_nothing(
     monkeypatch.setattr(a.log, "ship", real)
     assert a.ship_once() == 90  # the batch is read again from the committed position
     assert a.log.count() == 90
+
+
+# --- A model store made without training (tests/support/drift_store.py) -----------------
+
+
+def spool(spool_dir: Path, recs: list[dict]) -> None:
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    writer = FeatureSpool(spool_dir)
+    assert writer.write(recs)
+    writer.close()
+
+
+def lone(tmp_path: Path, store: Path) -> DriftService:
+    service = DriftService(settings(tmp_path, store, "p", f"sqlite:///{tmp_path / 'l.db'}"))
+    assert service.migrate()
+    return service
+
+
+@pytest.mark.parametrize("k", [3, 12])
+def test_reports_have_one_class_share_per_class_of_the_model(tmp_path: Path, k: int) -> None:
+    store = tmp_path / "store"
+    publish_version(store, "1", k)
+    service = lone(tmp_path, store)
+    spool(tmp_path / "p" / "spool", store_records(120, num_classes=k))
+    assert service.ship_once() == 120
+    assert service.lead_once()
+    shares = {
+        (s.labels["class_name"], s.labels["source"]): s.value
+        for metric in service.metrics.class_share.collect()
+        for s in metric.samples
+        if s.labels["window"] == "last_1000" and s.labels["model_version"] == "1"
+    }
+    names = [f"class-{i}" for i in range(k)]
+    assert set(shares) == {(n, src) for n in names for src in ("current", "reference")}
+    assert shares[(names[-1], "current")] == pytest.approx(1 / k, abs=0.02)
+    assert sum(shares[(n, "current")] for n in names) == pytest.approx(1.0)
+
+
+def test_bad_records_in_the_spool_cost_only_themselves(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    publish_version(store, "1", 10)
+    service = lone(tmp_path, store)
+    good = store_records(100)
+    bad = [dict(good[0], request_id="huge", predicted_class=2**62),
+           dict(good[0], request_id="big", predicted_class=10**7),
+           dict(good[0], request_id="k", predicted_class=10),
+           dict(good[0], request_id="v", model_version="9")]  # fmt: skip
+    spool(tmp_path / "p" / "spool", good[:60] + bad + good[60:])
+    assert service.ship_once() == 100
+    m = service.metrics
+    assert m.shipped._value.get() == 100 and service.log.count() == 100
+    assert m.malformed._value.get() == 2
+    assert m.refused.labels("class_out_of_range")._value.get() == 1
+    assert m.refused.labels("unknown_version")._value.get() == 1
+    assert service.ship_once() == 0  # the position was committed past them

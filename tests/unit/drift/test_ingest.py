@@ -12,8 +12,12 @@ import numpy as np
 import pytest
 
 from atelier.drift.ingest import IngestBatch, SpoolFollower
+from atelier.drift.record_model import RecordGate
+from atelier.drift.reference import VersionCatalog
 from atelier.runtime.features import ALL_FEATURES
 from atelier.runtime.records import SCHEMA, FeatureSpool, make_records
+from support.drift_store import publish_version
+from support.drift_store import records as store_records
 
 pytestmark = pytest.mark.unit
 
@@ -27,6 +31,10 @@ def features(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 def recs(request_id: str, n: int = 1) -> list[dict[str, Any]]:
     return make_records(request_id, "raw", "fashion-mnist", "1", features(n), 0, n, now=1.0)
+
+
+def gate(store: Path) -> RecordGate:
+    return RecordGate(VersionCatalog(store))
 
 
 def line(rec: dict[str, Any]) -> bytes:
@@ -297,3 +305,64 @@ def test_commit_is_noop_when_nothing_changed(spool_dir: Path, tmp_path: Path) ->
     assert state.stat().st_mtime_ns == mtime
     restarted = SpoolFollower(spool_dir, state)
     assert restarted.poll().records == []
+
+
+# --- Records the store does not have: refused one by one, never the whole poll ----------
+
+
+def test_one_bad_record_never_breaks_a_poll(spool_dir: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    publish_version(store, "1", 10)
+    good = store_records(100)
+    bad = [
+        dict(good[0], request_id="huge", predicted_class=2**62),
+        dict(good[0], request_id="big", predicted_class=10**7),
+        dict(good[0], request_id="eleventh", predicted_class=10),  # the model has 10
+        dict(good[0], request_id="up", model_version="../versions/1"),
+        dict(good[0], request_id="abs", model_version="/srv/store/versions/1"),
+        dict(good[0], request_id="empty", model_version=""),
+        dict(good[0], request_id="unpublished", model_version="9"),
+        dict(good[0], request_id="other", model_name="other-model"),
+    ]
+    lines = [line(r) for r in good[:50]] + [line(r) for r in bad] + [line(r) for r in good[50:]]
+    (spool_dir / "features-1.jsonl").write_bytes(b"".join(lines))
+    follower = SpoolFollower(spool_dir, tmp_path / "state.json", gate=gate(store))
+    batch = follower.poll()
+    assert keys(batch) == [(r["request_id"], r["index"]) for r in good]
+    assert batch.malformed == 5  # the type refuses these: huge numbers, unsafe versions
+    assert batch.refused == {"class_out_of_range": 1, "unknown_version": 1, "unknown_model": 1}
+    assert batch.lag_bytes == 0 and batch.waiting is None
+
+
+def test_a_version_published_later_is_taken(spool_dir: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    publish_version(store, "1", 10)
+    path = spool_dir / "features-1.jsonl"
+    path.write_bytes(line(store_records(1, version="2", prefix="early")[0]))
+    follower = SpoolFollower(spool_dir, tmp_path / "state.json",
+                             gate=RecordGate(VersionCatalog(store, miss_ttl_s=0.0)))  # fmt: skip
+    assert follower.poll().refused == {"unknown_version": 1}
+    publish_version(store, "2", 3)
+    with path.open("ab") as fh:
+        fh.write(line(store_records(1, version="2", prefix="late")[0]))
+    assert keys(follower.poll()) == [("late-0", 0)]
+
+
+def test_records_wait_while_the_store_cannot_judge_them(
+    spool_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = tmp_path / "store"  # nothing published yet (the store is being mounted, say)
+    (spool_dir / "features-1.jsonl").write_bytes(b"".join(line(r) for r in store_records(40)))
+    state = tmp_path / "state.json"
+    follower = SpoolFollower(spool_dir, state, gate=gate(store))
+    with caplog.at_level(logging.ERROR, logger="atelier.drift.ingest"):
+        batch = follower.poll()
+        follower.poll()
+    assert batch.records == [] and batch.malformed == 0 and batch.refused == {}
+    assert batch.waiting is not None and "CURRENT.json" in batch.waiting
+    assert batch.lag_bytes == (spool_dir / "features-1.jsonl").stat().st_size
+    assert caplog.text.count("wait until the model store") == 1  # logged once a minute
+    follower.commit()
+    publish_version(store, "1", 10)
+    later = SpoolFollower(spool_dir, state, gate=gate(store)).poll()
+    assert len(later.records) == 40 and later.lag_bytes == 0

@@ -25,10 +25,12 @@ from atelier.runtime.records import FeatureSpool, make_records
 from atelier.tools import shifts
 from atelier.training.config import DEFAULT_FASHION_MNIST_DIR
 
+SYNTHETIC_CLASSES = 10
+
 
 def _features(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     f = {name: rng.uniform(0.05, 0.95, n) for name in IMAGE_FEATURES}
-    probs = rng.dirichlet(np.ones(10) * 0.3, n)
+    probs = rng.dirichlet(np.ones(SYNTHETIC_CLASSES) * 0.3, n)
     f["predicted_class"] = probs.argmax(1).astype(float)
     f["confidence"] = probs.max(1)
     f["entropy"] = -(probs * np.log(np.clip(probs, 1e-12, 1))).sum(1)
@@ -49,7 +51,7 @@ FP_WINDOWS = {300: 100, 600: 100, 1000: 100, 10_000: 20}
 
 
 def false_positives(
-    reference: Any, clean: Any, methods: DriftMethods, seed: int = 0
+    reference: Any, clean: Any, methods: DriftMethods, num_classes: int, seed: int = 0
 ) -> list[dict[str, int]]:
     """Per window size: how many clean windows were graded not ok, and by which statistic."""
     rng = np.random.default_rng(seed)
@@ -59,7 +61,8 @@ def false_positives(
                "confidence": 0, "class_mix": 0}  # fmt: skip
         for _ in range(count):
             idx = rng.choice(len(clean), size, replace=size >= len(clean))
-            r = run_drift(reference, clean.iloc[idx], methods, with_html=False)
+            r = run_drift(reference, clean.iloc[idx], methods, num_classes=num_classes,
+                          with_html=False)  # fmt: skip
             row["not_ok"] += r.severity != "ok"
             row["dataset_drift"] += r.dataset_drift
             row["confidence"] += r.confidence_severity != "ok"
@@ -116,7 +119,10 @@ def detection(store: Path, work: Path) -> dict[str, Any]:
     clean = frame(x)
     methods = DriftMethods()
     windows = [clean.iloc[i : i + 1000] for i in range(0, 10_000, 1000)]
-    flagged = [run_drift(ref.profile, w, methods, with_html=False) for w in windows]
+    classes = ref.num_classes
+    flagged = [
+        run_drift(ref.profile, w, methods, num_classes=classes, with_html=False) for w in windows
+    ]
     fp_drift = sum(r.dataset_drift for r in flagged)
     fp_severity = sum(r.severity != "ok" for r in flagged)
     needed: dict[str, int | None] = {}
@@ -125,11 +131,14 @@ def detection(store: Path, work: Path) -> dict[str, Any]:
         needed[name] = None
         for k in MIXES:
             window = pd.concat([clean.iloc[1000 : 2000 - k], shifted.iloc[:k]], ignore_index=True)
-            if run_drift(ref.profile, window, methods, with_html=False).dataset_drift:
+            if run_drift(
+                ref.profile, window, methods, num_classes=classes, with_html=False
+            ).dataset_drift:
                 needed[name] = k
                 break
+    fps = false_positives(ref.profile, clean, methods, classes)
     return {"windows": len(windows), "fp_dataset_drift": fp_drift, "fp_not_ok": fp_severity,
-            "needed": needed, "false_positives": false_positives(ref.profile, clean, methods),
+            "needed": needed, "false_positives": fps,
             "reference_rows": len(ref.profile)}  # fmt: skip
 
 
@@ -161,11 +170,14 @@ def bench_drift(records: int = 100_000, store: Path | None = None) -> dict[str, 
 
     reference = pd.DataFrame(ref_feats)
     current = frame_of(log.last("m", "1", 10_000).values)
-    run_drift(reference, current.iloc[:200], DriftMethods(), with_html=False)  # import + warm-up
+    k = SYNTHETIC_CLASSES
+    run_drift(
+        reference, current.iloc[:200], DriftMethods(), num_classes=k, with_html=False
+    )  # warm-up
     timings = {}
     for html in (False, True):
         t1 = time.perf_counter()
-        run_drift(reference, current, DriftMethods(), with_html=html)
+        run_drift(reference, current, DriftMethods(), num_classes=k, with_html=html)
         timings[html] = time.perf_counter() - t1
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result: dict[str, Any] = {
