@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from atelier.drift.report import DriftMethods
+from atelier.drift.methods import DriftMethods
 from atelier.runtime.errors import ConfigError
 
 

@@ -7,6 +7,8 @@ tests/integration/test_drift_replicas.py.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -248,3 +250,16 @@ def test_bad_records_in_the_spool_cost_only_themselves(tmp_path: Path) -> None:
     assert m.refused.labels("class_out_of_range")._value.get() == 1
     assert m.refused.labels("unknown_version")._value.get() == 1
     assert service.ship_once() == 0  # the position was committed past them
+
+
+def test_a_shipping_sidecar_does_not_load_the_reporters_libraries() -> None:
+    """Only the elected reporter needs pandas, scipy and Evidently (hundreds of MB per pod)."""
+    code = (
+        "import sys\n"
+        "from atelier.drift.app import create_app\n"
+        "from atelier.drift.service import DriftService\n"
+        "from atelier.drift.settings import from_args\n"
+        "print(sorted(m for m in ('pandas', 'scipy', 'evidently', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from atelier.drift import server
-from atelier.drift.report import DriftMethods
+from atelier.drift.methods import DriftMethods
 from atelier.drift.settings import (
     DriftSettings,
     default_of,

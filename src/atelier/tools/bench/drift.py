@@ -18,7 +18,8 @@ from rich.table import Table
 
 from atelier.drift.inference_log import InferenceLog
 from atelier.drift.ingest import SpoolFollower
-from atelier.drift.report import DriftMethods, run_drift
+from atelier.drift.methods import DriftMethods
+from atelier.drift.report import run_drift
 from atelier.drift.windows import frame_of
 from atelier.runtime.features import IMAGE_FEATURES
 from atelier.runtime.records import FeatureSpool, make_records
