@@ -423,8 +423,10 @@ class _Pending:
 class FeedbackQueue:
     """True labels waiting to be sent to the drift sidecar's /feedback.
 
-    A label is sent ``delay_s`` after its request was answered, so the sidecar has read the
-    spool record it joins to; a 404 (prediction not ingested yet) is retried.
+    A label is sent ``delay_s`` after its request was answered. The sidecar answers 200 when
+    it joined the label to the logged prediction, 202 when it keeps the label until the
+    prediction is shipped (then joins it itself), and 404 only when no replica logged the
+    request; a 404 is retried anyway (a sidecar that was down may not have said so yet).
     """
 
     def __init__(self, s: LoadTestSettings, counts: Counter[str], clock: Callable[[], float]):
@@ -455,6 +457,8 @@ class FeedbackQueue:
             self.counts["feedback_sent"] += 1
             if status == 200:
                 self.counts["feedback_joined"] += 1
+            elif status == 202:
+                self.counts["feedback_kept"] += 1
             elif status == 404 and item.attempt < self.s.feedback_attempts:
                 self.counts["feedback_retried"] += 1
                 retry.append(_Pending(now + max(1.0, self.s.feedback_delay_s), item.attempt + 1,

@@ -233,6 +233,18 @@ def test_feedback_waits_joins_and_retries() -> None:
     assert counts["feedback_failed_404"] == 1 and not queue.pending
 
 
+def test_a_kept_label_is_counted_as_kept_not_failed() -> None:
+    x, y = images()
+    clock = FakeClock()
+    s = settings(drift_url="http://side:1", feedback_delay_s=0, batch_size=2)
+    counts: Counter[str] = Counter()
+    queue = lt.FeedbackQueue(s, counts, clock)
+    queue.add(lt.Workload(s, images=x, labels=y).request("v2_batch"))
+    assert queue.flush(lambda url, body: 202) == 2
+    assert counts["feedback_kept"] == 2 and not queue.pending
+    assert not any(k.startswith("feedback_failed") for k in counts)
+
+
 def test_no_feedback_without_a_sidecar() -> None:
     x, y = images()
     work = lt.Workload(settings(feedback_share=1.0), images=x, labels=y)
