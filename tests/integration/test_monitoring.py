@@ -120,12 +120,13 @@ def classify_v2(live: dict, images: np.ndarray, request_id: str) -> None:
 
 
 def send_feedback(live: dict, request_id: str, labels: np.ndarray) -> int:
+    """Labels stored: joined now (200) or kept until the prediction is shipped (202)."""
     joined = 0
     for i, label in enumerate(labels):
         body = {"request_id": f"{request_id}-{(i // 32) * 32}", "index": i % 32,
                 "label": int(label)}  # fmt: skip
         r = requests.post(f"{live['drift'].url}/feedback", json=body, timeout=10)
-        joined += r.status_code == 200
+        joined += r.status_code in (200, 202)
     return joined
 
 
