@@ -7,9 +7,12 @@ fails when they differ from a fresh build.
 
 Every panel and every target reads the `datasource` template variable, and every target
 filters on the `model` variable (`model=~"$model"`), except the SLO objective series,
-which carry no labels. Queries read the recording rules of monitoring/prometheus/rules/
-where one exists, so the dashboards, the alerts and the rule tests agree on one
-definition of each number.
+which carry no labels. On the drift dashboard every per-version series (the reporter's
+gauges, labelled `model_version`) also filters on `model_version=~"$model_version"`, and is
+aggregated with `max by (model_version, ...)`: only the reporter exports them, and the
+reporter can move to another pod, so a series must not follow the pod. Queries read the
+recording rules of monitoring/prometheus/rules/ where one exists, so the dashboards, the
+alerts and the rule tests agree on one definition of each number.
 
 For the integration test and the snapshot command: `panel_queries` lists every target of a
 dashboard, `expand` substitutes the template variables so that Prometheus' HTTP API can
@@ -59,6 +62,9 @@ MARKER = (
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 MODEL = 'model=~"$model"'
 WINDOW = 'window="$window"'
+VERSION = 'model_version=~"$model_version"'
+# The value of a multi-value variable's "All" (model, model_version): any value.
+ALL = ".+"
 TS = 'job="atelier-torchserve"'
 KS = 'job="atelier-kserve"'
 # Series that carry no labels (rules/slo.yml): the only targets without the model filter.
@@ -225,7 +231,7 @@ def single_stat(
     return p
 
 
-def _variables(*, window: bool) -> list[Any]:
+def _variables(*, drift: bool) -> list[Any]:
     out: list[Any] = [
         db.DatasourceVariable("datasource")
         .label("Data source")
@@ -240,16 +246,35 @@ def _variables(*, window: bool) -> list[Any]:
         .sort(VariableSort.ALPHABETICAL_ASC)
         .multi(True)
         .include_all(True)
-        .all_value(".+")
+        .all_value(ALL)
         .current(VariableOption(selected=True, text="All", value="$__all")),
     ]
-    if window:
+    if drift:
+        out.append(
+            db.QueryVariable("model_version")
+            .label("Version")
+            .description(
+                "Model version: the drift reporter's `model_version` label (each version is "
+                "judged against its own reference)."
+            )
+            .datasource(DATASOURCE)
+            .query('label_values(atelier_drift_window_records{model=~"$model"}, model_version)')
+            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(VariableSort.NUMERICAL_DESC)
+            .multi(True)
+            .include_all(True)
+            .all_value(ALL)
+            .current(VariableOption(selected=True, text="All", value="$__all"))
+        )
         out.append(
             db.QueryVariable("window")
             .label("Window")
-            .description("Drift sidecar window: last_<n> records, or since_live.")
+            .description("Drift window: last_<n> records, or since_live.")
             .datasource(DATASOURCE)
-            .query('label_values(atelier_drift_window_records{model=~"$model"}, window)')
+            .query(
+                "label_values(atelier_drift_window_records"
+                '{model=~"$model", model_version=~"$model_version"}, window)'
+            )
             .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
             .sort(VariableSort.ALPHABETICAL_ASC)
             .current(VariableOption(selected=True, text="last_1000", value="last_1000"))
@@ -257,7 +282,7 @@ def _variables(*, window: bool) -> list[Any]:
     return out
 
 
-def _dashboard(uid: str, title: str, about: str, *, window: bool = False) -> db.Dashboard:
+def _dashboard(uid: str, title: str, about: str, *, drift: bool = False) -> db.Dashboard:
     return (
         db.Dashboard(title)
         .uid(uid)
@@ -268,7 +293,7 @@ def _dashboard(uid: str, title: str, about: str, *, window: bool = False) -> db.
         .time("now-1h", "now")
         .refresh("30s")
         .timezone("browser")
-        .variables(_variables(window=window))
+        .variables(_variables(drift=drift))
         .annotation(
             db.AnnotationQuery()
             .name("Annotations & Alerts")
@@ -475,24 +500,38 @@ SEVERITY = {
 }
 
 
+def vmax(by: str, metric: str, *matchers: str) -> str:
+    """`max by (<by>) (metric{model=~"$model", model_version=~"$model_version", ...})`: a
+    reporter gauge per version, whichever pod reports it (one at a time, or two for a
+    scrape while the lease moves)."""
+    return f"max by ({by}) ({sel(metric, VERSION, *matchers)})"
+
+
+PER_WINDOW = "model_version, window"
+V_WINDOW = "v{{model_version}} {{window}}"
+POD = "instance, pod"
+POD_LEGEND = "{{instance}} {{pod}}"
+
+
 def drift() -> db.Dashboard:
     d = _dashboard(
         "atelier-drift",
         "atelier / Model quality and drift",
-        "What the drift sidecar (job atelier-drift) reports about live traffic against the "
-        "model version's training reference, per window (last_<n> records, since_live).",
-        window=True,
+        "What the drift reporter (job atelier-drift) reports about live traffic against each "
+        "model version's training reference, per window (last_<n> records, since_live), and "
+        "how every sidecar ships its records into the shared inference log.",
+        drift=True,
     )
     d = d.with_row(db.Row("Status"))
     d = d.with_panel(
         single_stat(
             "Drift severity per window",
-            "The sidecar's grade of each window at its last report (atelier_drift_severity): "
-            "feature drift, confidence shift, class mix and live accuracy together. "
-            "'no data' means too few records to judge, not 'no drift'.",
-            [(f"max by (window) ({sel('atelier_drift_severity')})", "{{window}}")],
+            "The reporter's grade of each version and window at its last report "
+            "(atelier_drift_severity): feature drift, confidence shift, class mix and live "
+            "accuracy together. 'no data' means too few records to judge, not 'no drift'.",
+            [(vmax(PER_WINDOW, "atelier_drift_severity"), V_WINDOW)],
             unit="none",
-            w=8,
+            w=10,
             mappings=SEVERITY,
             sparkline=False,
         )
@@ -500,16 +539,20 @@ def drift() -> db.Dashboard:
     d = d.with_panel(
         single_stat(
             "Time since the last report",
-            "Seconds since the sidecar last ran its reports "
-            "(atelier_drift_seconds_since_last_report; -1: none yet).",
+            "Seconds since the reporter last finished a report "
+            "(atelier_drift_last_report_timestamp_seconds of whichever sidecar reports; "
+            "never: no sidecar has reported since it took the lease).",
             [
                 (
-                    f"max by (model) ({sel('atelier_drift_seconds_since_last_report')})",
+                    "time() - max by (model) "
+                    f"({sel('atelier_drift_last_report_timestamp_seconds')} > 0)"
+                    " or max by (model) "
+                    f"({sel('atelier_drift_last_report_timestamp_seconds')}) - 1",
                     "{{model}}",
                 )
             ],
             unit="s",
-            w=5,
+            w=7,
             thresholds=_thresholds(GREEN, (300, ORANGE), (900, RED)),
             mappings={"-1": ("never", GREY)},
         )
@@ -517,40 +560,134 @@ def drift() -> db.Dashboard:
     d = d.with_panel(
         single_stat(
             "Records in window",
-            "Feature records each window holds (atelier_drift_window_records); a report needs "
-            "a minimum number of rows before it grades a window.",
-            [(sel("atelier_drift_window_records"), "{{window}}")],
+            "Records of every replica each window holds (atelier_drift_window_records); a "
+            "report needs a minimum number of rows before it grades a window.",
+            [(vmax(PER_WINDOW, "atelier_drift_window_records"), V_WINDOW)],
             unit="short",
-            w=5,
+            w=7,
+        )
+    )
+    d = d.with_row(db.Row("Shipping"))
+    d = d.with_panel(
+        ts(
+            "Records shipped/s per pod",
+            "Records each sidecar inserted into the inference log per second "
+            "(atelier_drift_records_shipped_total; duplicates not counted).",
+            [
+                (
+                    f"sum by ({POD}) "
+                    f"(rate({sel('atelier_drift_records_shipped_total')}[$__rate_interval]))",
+                    POD_LEGEND,
+                )
+            ],
+            unit="short",
+            w=8,
+            min_val=0,
         )
     )
     d = d.with_panel(
         ts(
-            "Ingest rate and spool read lag",
-            "Feature records read from the spool per second "
-            "(atelier_drift_records_ingested_total), and records written but not read yet "
-            "(atelier_drift_read_lag_records, estimated).",
+            "Spool lag per pod",
+            "Records in each pod's spool not shipped yet (atelier_drift_read_lag_records, "
+            "estimated from the bytes). DriftSidecarLagging: over 5,000, or waiting with none "
+            "read for 15 minutes.",
+            [(f"max by ({POD}) ({sel('atelier_drift_read_lag_records')})", POD_LEGEND)],
+            unit="short",
+            w=8,
+            min_val=0,
+            thresholds=_thresholds(GREEN, (5000, RED)),
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Ship errors/s per pod",
+            "Batches a sidecar could not insert (atelier_drift_ship_errors_total, by reason; "
+            "retried from the spool). 0 per pod while none failed. DriftShippingFailing: "
+            "errors for 10 minutes.",
             [
                 (
-                    "sum by (model) "
+                    f"sum by ({POD}, reason) "
+                    f"(rate({sel('atelier_drift_ship_errors_total')}[$__rate_interval]))"
+                    f" or on ({POD}) 0 * sum by ({POD}) "
                     f"(rate({sel('atelier_drift_records_ingested_total')}[$__rate_interval]))",
-                    "ingested/s {{model}}",
-                ),
-                (sel("atelier_drift_read_lag_records"), "unread {{model}}"),
+                    "{{instance}} {{pod}} {{reason}}",
+                )
             ],
             unit="short",
-            w=6,
-            h=5,
+            w=8,
             min_val=0,
+            thresholds=_thresholds(GREEN, (0.001, RED)),
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Database latency p99 per pod",
+            "p99 of one inference-log statement batch per sidecar and operation "
+            "(atelier_drift_database_seconds), over the rate interval.",
+            [
+                (
+                    "histogram_quantile(0.99, "
+                    f"sum by (le, operation, {POD}) "
+                    f"(rate({sel('atelier_drift_database_seconds_bucket')}[$__rate_interval])))",
+                    "{{operation}} {{instance}} {{pod}}",
+                )
+            ],
+            unit="s",
+            w=8,
+            min_val=0,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Feedback results/s",
+            "Labels sent to /feedback on any sidecar, by result "
+            "(atelier_drift_feedback_total: joined, pending, unknown_request, invalid, "
+            "invalid_label, ...), and kept labels the reporter joined later or dropped "
+            "unjoined after label_wait_s (atelier_drift_labels_joined_total, "
+            "atelier_drift_labels_expired_total).",
+            [
+                (
+                    "sum by (result) "
+                    f"(rate({sel('atelier_drift_feedback_total')}[$__rate_interval]))",
+                    "{{result}}",
+                ),
+                (
+                    "sum by (model) "
+                    f"(rate({sel('atelier_drift_labels_joined_total')}[$__rate_interval]))",
+                    "joined later",
+                ),
+                (
+                    "sum by (model) "
+                    f"(rate({sel('atelier_drift_labels_expired_total')}[$__rate_interval]))",
+                    "expired",
+                ),
+            ],
+            unit="reqps",
+            w=8,
+            min_val=0,
+        ).override_by_name("expired", [_color(RED)])
+    )
+    d = d.with_panel(
+        single_stat(
+            "Reporter",
+            "Which sidecar holds the reporter lease (atelier_drift_reporter): it computes "
+            "the windows over every replica's records and exports the drift gauges. "
+            "DriftReporterMissing: no reporter for 3 minutes.",
+            [(f"max by ({POD}) ({sel('atelier_drift_reporter')})", POD_LEGEND)],
+            unit="none",
+            w=8,
+            mappings={"0": ("shipper", GREY), "1": ("reporter", GREEN)},
+            sparkline=False,
         )
     )
     d = d.with_row(db.Row("Feature drift"))
     d = d.with_panel(
         ts(
             "Drift share per window",
-            "Share of image features the last report found drifted (atelier_drift_share). The "
-            "dashed line is the share at which the window counts as drifted (0.5).",
-            [(sel("atelier_drift_share"), "{{window}}")],
+            "Share of image features the last report found drifted (atelier_drift_share), per "
+            "version and window. The dashed line is the share at which the window counts as "
+            "drifted (0.5).",
+            [(vmax(PER_WINDOW, "atelier_drift_share"), V_WINDOW)],
             unit="percentunit",
             min_val=0,
             max_val=1,
@@ -565,8 +702,8 @@ def drift() -> db.Dashboard:
             "for Wasserstein (drift when >= 0.1); the method is in the legend.",
             [
                 (
-                    sel("atelier_drift_feature_score", WINDOW),
-                    "{{feature}} ({{method}})",
+                    vmax("model_version, feature, method", "atelier_drift_feature_score", WINDOW),
+                    "v{{model_version}} {{feature}} ({{method}})",
                 )
             ],
             unit="short",
@@ -578,7 +715,12 @@ def drift() -> db.Dashboard:
             "Drifted features ($window)",
             "1 for each feature the last report found drifted in the selected window "
             "(atelier_drift_feature_drifted).",
-            [(sel("atelier_drift_feature_drifted", WINDOW), "{{feature}}")],
+            [
+                (
+                    vmax("model_version, feature", "atelier_drift_feature_drifted", WINDOW),
+                    "v{{model_version}} {{feature}}",
+                )
+            ],
             unit="none",
             w=24,
             h=4,
@@ -592,7 +734,8 @@ def drift() -> db.Dashboard:
         .title("Predicted-class mix vs reference ($window)")
         .description(
             "Share of predictions per class in the selected window (current) and in the "
-            "training reference (atelier_drift_class_share)."
+            "version's training reference (atelier_drift_class_share): one pair of columns "
+            "per version, e.g. 'current v2' and 'reference v2'."
         )
         .datasource(DATASOURCE)
         .unit("percentunit")
@@ -603,7 +746,7 @@ def drift() -> db.Dashboard:
             DataTransformerConfig(
                 id_val="groupingToMatrix",
                 options={
-                    "columnField": "source",
+                    "columnField": "column",
                     "rowField": "class_name",
                     "valueField": "Value",
                     "emptyValue": "null",
@@ -615,8 +758,11 @@ def drift() -> db.Dashboard:
         class_mix,
         [
             (
-                f"avg by (class_name, source) ({sel('atelier_drift_class_share', WINDOW)})",
-                "{{class_name}} {{source}}",
+                # One column per version and source: "current v2", "reference v2".
+                "label_join("
+                f"{vmax('model_version, class_name, source', 'atelier_drift_class_share', WINDOW)}"
+                ', "column", " v", "source", "model_version")',
+                "{{class_name}} {{column}}",
             )
         ],
         instant=True,
@@ -627,8 +773,9 @@ def drift() -> db.Dashboard:
         ts(
             "Class-mix distance (Jensen-Shannon)",
             "Jensen-Shannon distance between the predicted-class mix of each window and the "
-            "reference (atelier_drift_class_js_distance). Dashed: warning 0.1, critical 0.2.",
-            [(sel("atelier_drift_class_js_distance"), "{{window}}")],
+            "version's reference (atelier_drift_class_js_distance). Dashed: warning 0.1, "
+            "critical 0.2.",
+            [(vmax(PER_WINDOW, "atelier_drift_class_js_distance"), V_WINDOW)],
             unit="short",
             w=8,
             h=10,
@@ -639,11 +786,11 @@ def drift() -> db.Dashboard:
     d = d.with_panel(
         ts(
             "Confidence shift (z-score)",
-            "Shift of the mean top-class confidence of each window from the reference, in "
-            "standard errors of the difference (Welch; atelier_drift_confidence_zscore). "
-            "Dashed: warning +-4, critical +-6; graded only when the mean also moved 2 / 5 "
-            "points.",
-            [(sel("atelier_drift_confidence_zscore"), "{{window}}")],
+            "Shift of the mean top-class confidence of each window from the version's "
+            "reference, in standard errors of the difference (Welch; "
+            "atelier_drift_confidence_zscore). Dashed: warning +-4, critical +-6; graded only "
+            "when the mean also moved 2 / 5 points.",
+            [(vmax(PER_WINDOW, "atelier_drift_confidence_zscore"), V_WINDOW)],
             unit="short",
             w=8,
             h=10,
@@ -654,14 +801,14 @@ def drift() -> db.Dashboard:
     d = d.with_panel(
         ts(
             "Live accuracy vs reference",
-            "Accuracy on live predictions labelled through the sidecar's /feedback, per "
-            "window (atelier_drift_live_accuracy; no series until labels arrive), against the "
+            "Accuracy on live predictions labelled through /feedback, per version and window "
+            "(atelier_drift_live_accuracy; no series until labels arrive), against the same "
             "version's test accuracy (atelier_drift_reference_accuracy, dashed).",
             [
-                (sel("atelier_drift_live_accuracy"), "live {{window}}"),
+                (vmax(PER_WINDOW, "atelier_drift_live_accuracy"), f"live {V_WINDOW}"),
                 (
-                    f"max by (model) ({sel('atelier_drift_reference_accuracy')})",
-                    "reference {{model}}",
+                    vmax("model_version", "atelier_drift_reference_accuracy"),
+                    "reference v{{model_version}}",
                 ),
             ],
             unit="percentunit",
@@ -672,9 +819,9 @@ def drift() -> db.Dashboard:
     d = d.with_panel(
         ts(
             "Labelled records (feedback)",
-            "Predictions in each window that have a label from /feedback "
+            "Predictions in each version's window that have a label from /feedback "
             "(atelier_drift_labelled_records); live accuracy needs 50 before alerts use it.",
-            [(sel("atelier_drift_labelled_records"), "{{window}}")],
+            [(vmax(PER_WINDOW, "atelier_drift_labelled_records"), V_WINDOW)],
             unit="short",
             min_val=0,
         )
@@ -913,30 +1060,38 @@ def _regex_value(value: str) -> str:
     return _REGEX_SPECIAL.sub(lambda m: "\\\\" + m.group(0), value)
 
 
+def _multi_value(name: str, value: str | Sequence[str] | None) -> str:
+    """A multi-value variable as Grafana puts it into a regex matcher: one value escaped,
+    several as `(a|b)`, None for "All" (its custom all value `.+`, not escaped)."""
+    if value is None:
+        return ALL
+    values = [value] if isinstance(value, str) else list(value)
+    if not values:
+        raise ValueError(f"expand: at least one {name}")
+    if len(values) == 1:
+        return _regex_value(values[0])
+    return "(" + "|".join(_regex_value(v) for v in values) + ")"
+
+
 def expand(
     expr: str,
-    model: str | Sequence[str] = "fashion-mnist",
+    model: str | Sequence[str] | None = "fashion-mnist",
     window: str = "last_1000",
     rate_interval: str = "1m",
     interval: str = "15s",
     range_: str = "15m",
+    model_version: str | Sequence[str] | None = None,
 ) -> str:
     """Substitute the template variables of a dashboard query, as Grafana does.
 
-    `model` is one name or several (a multi-value selection becomes `(a|b)`); `window`
-    is a drift window label. `$__rate_interval`, `$__interval` and `$__range` take the
-    given durations. An unknown variable raises ValueError, so no `$` reaches Prometheus.
+    `model` and `model_version` are one value or several (a multi-value selection becomes
+    `(a|b)`), or None for "All" (`.+`; the default for `model_version`); `window` is a
+    drift window label. `$__rate_interval`, `$__interval` and `$__range` take the given
+    durations. An unknown variable raises ValueError, so no `$` reaches Prometheus.
     """
-    models = [model] if isinstance(model, str) else list(model)
-    if not models:
-        raise ValueError("expand: at least one model name")
-    model_value = (
-        _regex_value(models[0])
-        if len(models) == 1
-        else "(" + "|".join(_regex_value(m) for m in models) + ")"
-    )
     values = {
-        "model": model_value,
+        "model": _multi_value("model name", model),
+        "model_version": _multi_value("model version", model_version),
         "window": window.replace("\\", "\\\\").replace('"', '\\"'),
         "__rate_interval": rate_interval,
         "__interval": interval,

@@ -23,6 +23,7 @@ from atelier.monitoring.dashboards import (
 )
 from atelier.runtime.errors import StaleDashboardsError
 from atelier.tools.paths import project_file
+from support.drift_metrics import drift_series
 from support.promql import metric_names, selectors
 
 pytestmark = pytest.mark.unit
@@ -52,6 +53,12 @@ REQUIRED_PANELS = {
         "Confidence shift (z-score)",
         "Live accuracy vs reference",
         "Time since the last report",
+        "Records shipped/s per pod",
+        "Spool lag per pod",
+        "Ship errors/s per pod",
+        "Database latency p99 per pod",
+        "Feedback results/s",
+        "Reporter",
     ],
     "atelier-slo": [
         "Error budget remaining",
@@ -137,6 +144,41 @@ def test_drift_dashboard_has_a_window_variable() -> None:
     variables = {v["name"]: v for v in BUILT["atelier-drift"]["templating"]["list"]}
     assert variables["window"]["current"]["value"] == "last_1000"
     assert variables["window"]["datasource"]["uid"] == "${datasource}"
+    assert 'model_version=~"$model_version"' in variables["window"]["query"]
+
+
+def test_drift_dashboard_has_a_model_version_variable() -> None:
+    names = [v["name"] for v in BUILT["atelier-drift"]["templating"]["list"]]
+    assert names.index("model") < names.index("model_version") < names.index("window")
+    version = BUILT["atelier-drift"]["templating"]["list"][names.index("model_version")]
+    assert version["type"] == "query"
+    assert version["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+    assert version["query"].startswith("label_values(atelier_drift_")
+    assert 'model=~"$model"' in version["query"] and version["query"].endswith(", model_version)")
+    assert version["multi"] and version["includeAll"] and version["allValue"] == ".+"
+    for uid in ("atelier-serving", "atelier-slo"):
+        assert "model_version" not in {v["name"] for v in BUILT[uid]["templating"]["list"]}
+
+
+DRIFT_QUERIES = [q for q in QUERIES if q.dashboard_uid == "atelier-drift"]
+
+
+@pytest.mark.parametrize("query", DRIFT_QUERIES, ids=lambda q: f"{q.panel_title}/{q.ref_id}")
+def test_per_version_series_filter_on_the_version_and_not_on_the_pod(
+    query: dashboards.PanelQuery,
+) -> None:
+    """The reporter's gauges carry model_version and come from whichever pod holds the lease:
+    filter on $model_version and aggregate the pod away. Per-pod series have no version."""
+    versioned = {name for name, labels in drift_series().items() if "model_version" in labels}
+    assert "atelier_drift_severity" in versioned
+    for name, matchers in selectors(query.expr):
+        if name in versioned:
+            assert 'model_version=~"$model_version"' in matchers, f"{name} in {query.expr!r}"
+            assert re.search(rf"max by \(model_version\b[^)]*\) \({name}\{{", query.expr), (
+                f"{name} in {query.expr!r} is not aggregated by version with max"
+            )
+        else:
+            assert "$model_version" not in matchers, f"{name} has no model_version label"
 
 
 @pytest.mark.parametrize("uid", sorted(BUILT))
@@ -223,6 +265,8 @@ def test_expand_leaves_no_template_variable(query: dashboards.PanelQuery) -> Non
     assert "$" not in out
     if "$model" in query.expr:
         assert 'model=~"fashion-mnist"' in out
+    if "$model_version" in query.expr:
+        assert 'model_version=~".+"' in out
 
 
 def test_expand_variables_and_escaping() -> None:
@@ -231,6 +275,11 @@ def test_expand_variables_and_escaping() -> None:
         'rate(x{model=~"m", window="w"}[2m]) + 1h'
     )
     assert expand('{model=~"$model"}', ["a", "b"]) == '{model=~"(a|b)"}'
+    # model_version: All (.+) unless named, like any multi-value variable.
+    both = '{model=~"$model", model_version=~"$model_version"}'
+    assert expand(both, "m") == '{model=~"m", model_version=~".+"}'
+    assert expand(both, None, model_version="2") == '{model=~".+", model_version=~"2"}'
+    assert expand(both, "m", model_version=["1", "2"]) == '{model=~"m", model_version=~"(1|2)"}'
     # Regex characters in a name are escaped, as Grafana does (twice: regex, then string).
     assert expand('{model=~"$model"}', "v1.2") == '{model=~"v1\\\\.2"}'
     with pytest.raises(ValueError, match=r"\$nope"):
