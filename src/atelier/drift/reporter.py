@@ -46,6 +46,7 @@ class VersionState:
     since_live: ReservoirWindow
     last_id: int  # newest row fed into since_live
     last_report: float = 0.0
+    last_record: float = field(default_factory=time.time)  # when new records last arrived
     # (accuracy, labelled) of version_stats at the last refresh: a relabel changes the first.
     labels_seen: tuple[float | None, int] = (None, -1)
     status: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -71,10 +72,13 @@ class Reporter:
         joined, expired = self.log.join_pending(self.s.label_wait_s)
         self.m.labels_joined.inc(joined)
         self.m.labels_expired.inc(expired)
+        now = time.time()
         for name, version, count, max_id in self.log.new_records(self.cursor):
             self.new[(name, version)] += count
             self.cursor = max(self.cursor, max_id)
-        now = time.time()
+            if (name, version) in self.versions:
+                self.versions[(name, version)].last_record = now
+        self.retire(now)
         for key, n in list(self.new.items()):
             if key in self.unusable or n == 0:
                 continue
@@ -97,6 +101,22 @@ class Reporter:
                 log.info("pruned %(records)d records and %(reports)d reports", pruned)
 
     # --- versions ---------------------------------------------------------------------------
+
+    def retire(self, now: float) -> None:
+        """Stop exporting versions that are not current and got no record for a while."""
+        try:
+            current = self.svc.current_spec().version
+        except ReferenceUnavailableError:
+            return
+        for key, state in list(self.versions.items()):
+            if key[1] != current and now - state.last_record >= self.s.retire_after_s:
+                log.info(
+                    "version %s retired: no record for %.0f s", key[1], now - state.last_record
+                )
+                with self.svc._gauges:
+                    self.m.forget_version(key[1])
+                del self.versions[key]
+                self.new.pop(key, None)
 
     def _state(self, key: VersionKey) -> VersionState | None:
         if key in self.versions:

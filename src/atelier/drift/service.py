@@ -188,6 +188,13 @@ class DriftMetrics:
             self.labelled, self.reference_accuracy, self.severity, self.window_records,
         )  # fmt: skip
 
+    def forget_version(self, version: str) -> None:
+        """Drop every gauge of one model version (it was retired)."""
+        for g in self.reporter_gauges:
+            for labels in list(g._metrics):  # the client has no public way to list children
+                if labels and labels[0] == version:
+                    g.remove(*labels)
+
     def clear_reporter_gauges(self) -> None:
         """Drop every per-version gauge (this sidecar stopped reporting)."""
         for g in self.reporter_gauges:
@@ -406,6 +413,7 @@ class DriftService:
 
     def _step_down(self) -> None:
         self.leading = False
+        self.last_report = 0.0
         self.reporter = None
         self.metrics.reporter.set(0)
         self.metrics.clear_reporter_gauges()

@@ -51,6 +51,9 @@ class DriftSettings(BaseSettings):
     retention_rows: int = Field(1_000_000, ge=10_000)
     prune_every_s: float = Field(600.0, gt=0)
     ship_batch: int = Field(5000, ge=1, le=100_000)
+    # A version that is not the store's current one and got no record for this long is
+    # retired: the reporter stops exporting its gauges (so its alerts resolve).
+    retire_after_s: float = Field(3600.0, gt=0)
 
     window_short: int = Field(1000, ge=10)
     window_long: int = Field(10_000, ge=10)

@@ -176,6 +176,30 @@ def test_each_version_has_its_own_windows(
     assert a.metrics.window_records.labels("2", "last_1000")._value.get() == 110
 
 
+def test_a_version_that_is_no_longer_served_is_retired(
+    smoke_run: RunResult, store: Path, tmp_path: Path
+) -> None:
+    db = f"sqlite:///{tmp_path / 'log.db'}"
+    a = DriftService(settings(tmp_path, store, "pod-a", db, retire_after_s=0.5))
+    assert a.migrate()
+    write(tmp_path / "pod-a" / "spool", "1", 120, "v1")
+    a.ship_once()
+    assert a.lead_once()
+    assert ("1", "last_1000") in a.metrics.severity._metrics
+    time.sleep(0.6)
+    a.lead_once()  # version 1 is still the current one: kept however idle
+    assert ("1", "last_1000") in a.metrics.severity._metrics
+    archive_run(smoke_run.run_dir, store)  # version 2 goes live; 1 gets no more records
+    write(tmp_path / "pod-a" / "spool", "2", 110, "v2")
+    a.ship_once()
+    a.lead_once()
+    time.sleep(0.6)
+    a.lead_once()
+    versions = {labels[0] for labels in a.metrics.severity._metrics}
+    assert versions == {"2"}
+    assert not any(labels[0] == "1" for labels in a.metrics.class_share._metrics)
+
+
 def test_database_outage_delays_and_loses_nothing(
     pair: tuple[DriftService, DriftService], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
