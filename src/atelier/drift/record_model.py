@@ -19,7 +19,7 @@ classes, `RecordGate` checks against the model store.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import (
     BaseModel,
@@ -46,6 +46,8 @@ from atelier.runtime.records import (
 # A class id is below the model's class count (checked by RecordGate per version); this
 # bound only keeps a number that no classifier has out of the type.
 MAX_CLASSES = 100_000
+# A sampled input: base64 of at most 48 KiB (a 3x128x128 uint8 image; Fashion-MNIST's is 784 B).
+MAX_INPUT_BASE64 = 4 * (48 * 1024 // 3 + 1)
 # Records in one /ingest body (the body's size is bounded too, by a setting).
 MAX_INGEST_RECORDS = 10_000
 
@@ -83,6 +85,13 @@ class FeatureRecord(TypedDict):
     predicted_class: Annotated[int, Field(ge=0, lt=MAX_CLASSES)]
     confidence: Annotated[float, _feature("confidence")]
     entropy: Annotated[float, _feature("entropy")]
+    # The preprocessed input (base64 of its uint8 bytes), for a sample of requests only.
+    input: NotRequired[
+        Annotated[
+            str,
+            StringConstraints(max_length=MAX_INPUT_BASE64, pattern=r"^[A-Za-z0-9+/]*={0,2}$"),
+        ]
+    ]
 
 
 RECORD: TypeAdapter[FeatureRecord] = TypeAdapter(FeatureRecord)

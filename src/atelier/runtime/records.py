@@ -8,10 +8,14 @@ Record format (JSON Lines, one object per image), version ``atelier.features/v1`
      "edge_density": 0.07, "center_x": 0.5, "center_y": 0.49,
      "predicted_class": 9, "confidence": 0.86, "entropy": 0.52}
 
-``index`` is the image's position within its request (v1/v2 carry several). Each process
-writes its own file, ``<dir>/features-<pid>.jsonl``, rotated by size to ``.1``, ``.2``, ...
-(so several TorchServe workers never rotate one file). A rotated file is complete: a
-batch's lines are never split across two files.
+``index`` is the image's position within its request (v1/v2 carry several). For a sample
+of requests (``ATELIER_SPOOL_INPUT_SAMPLE_PERCENT``, default 0) a record also carries
+``"input"``: base64 of the preprocessed uint8 image (784 bytes for Fashion-MNIST), which the
+drift sidecar stores in the inference log so labelled production images can be retrained on.
+
+Each process writes its own file, ``<dir>/features-<pid>.jsonl``, rotated by size to
+``.1``, ``.2``, ... (so several TorchServe workers never rotate one file). A rotated file
+is complete: a batch's lines are never split across two files.
 
 The folder, size and backup count come from ``atelier.runtime.settings.ServingSettings``
 (ATELIER_SPOOL_DIR, ATELIER_SPOOL_MAX_BYTES, ATELIER_SPOOL_BACKUPS). Only the standard
@@ -21,6 +25,7 @@ library is imported.
 from __future__ import annotations
 
 import atexit
+import base64
 import errno
 import json
 import logging
@@ -233,8 +238,13 @@ def make_records(
     start: int,
     count: int,
     now: float | None = None,
+    inputs: Any = None,
 ) -> list[dict[str, Any]]:
-    """Records for images [start, start+count) of a batch's feature arrays."""
+    """Records for images [start, start+count) of a batch's feature arrays.
+
+    With ``inputs`` (the batch's preprocessed uint8 array), each record also carries its
+    image as ``input``: base64 of its bytes (for a sample of requests: retraining material).
+    """
     t = time.time() if now is None else now
     out = []
     for j in range(count):
@@ -245,5 +255,7 @@ def make_records(
         for name, values in features.items():
             v = float(values[start + j])
             rec[name] = int(v) if name == "predicted_class" else round(v, 6)
+        if inputs is not None:
+            rec["input"] = base64.b64encode(inputs[start + j].tobytes()).decode("ascii")
         out.append(rec)
     return out

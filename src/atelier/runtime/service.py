@@ -8,6 +8,7 @@ back with the answers so each runtime can put them in its own metrics.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,11 +84,13 @@ def _refused(err: RequestError, item: Item) -> Outcome:
 
 class InferenceService:
     def __init__(self, classifier: Classifier, limits: Limits | None = None,
-                 spool: FeatureSpool | None = None) -> None:  # fmt: skip
+                 spool: FeatureSpool | None = None, input_sample: float = 0.0) -> None:  # fmt: skip
         self.classifier = classifier
         self.spec = classifier.spec
         self.limits = limits or Limits()
         self.spool = spool
+        self.input_sample = input_sample  # share of requests whose inputs are spooled
+        self._sampler = random.Random()
 
     @classmethod
     def from_dir(
@@ -97,7 +100,8 @@ class InferenceService:
         first, so a bad ATELIER_* value stops the load before the model is read."""
         settings = ServingSettings.from_env() if settings is None else settings
         classifier = Classifier.from_dir(model_dir, version=version)
-        return cls(classifier, settings.limits, settings.open_spool())
+        return cls(classifier, settings.limits, settings.open_spool(),
+                   input_sample=settings.spool_input_sample_percent / 100)  # fmt: skip
 
     def _parse(self, item: Item) -> Request:
         payload, content_type = item.payload, item.content_type
@@ -130,8 +134,10 @@ class InferenceService:
             offset = 0
             for _, req in parsed:
                 n = len(req.images)
+                sampled = self.input_sample and self._sampler.random() < self.input_sample
                 records += make_records(req.request_id, req.protocol, self.spec.name,
-                                        self.spec.version, features, offset, n)  # fmt: skip
+                                        self.spec.version, features, offset, n,
+                                        inputs=batch if sampled else None)  # fmt: skip
                 offset += n
         except Exception:  # a feature bug must not fail the answers already made
             log.exception("feature records for the batch could not be made")

@@ -48,6 +48,12 @@ class ServingSettings:
     spool_backups: int = field(default=5, metadata=_meta(
         "ATELIER_SPOOL_BACKUPS", "rotated spool files kept per worker", lo=1, hi=1000,
     ))  # fmt: skip
+    spool_input_sample_percent: int = field(default=0, metadata=_meta(
+        "ATELIER_SPOOL_INPUT_SAMPLE_PERCENT",
+        "share of requests (0-100 %) whose preprocessed images go into the spool records, "
+        "and so into the inference log, as retraining material",
+        lo=0, hi=100,
+    ))  # fmt: skip
     max_instances: int = field(default=Limits.max_instances, metadata=_meta(
         "ATELIER_MAX_INSTANCES",
         "images in one request (v1 instances, v2 batch); more: 400 `too_many_instances`",

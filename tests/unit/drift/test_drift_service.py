@@ -7,6 +7,7 @@ tests/integration/test_drift_replicas.py.
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 import time
@@ -287,3 +288,22 @@ def test_a_shipping_sidecar_does_not_load_the_reporters_libraries() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_sampled_input_lands_in_the_log_with_its_record(tmp_path: Path) -> None:
+    from sqlalchemy import select
+
+    from atelier.drift import schema
+
+    store = tmp_path / "store"
+    publish_version(store, "1", 10)
+    service = lone(tmp_path, store)
+    recs = store_records(3)
+    images = np.arange(3 * 784, dtype=np.uint32).astype(np.uint8).reshape(3, 1, 28, 28)
+    recs[1]["input"] = base64.b64encode(images[1].tobytes()).decode()
+    spool(tmp_path / "p" / "spool", recs)
+    assert service.ship_once() == 3
+    t = schema.inference_log.c
+    with service.log.engine.connect() as conn:
+        rows = dict(conn.execute(select(t.idx, t.input)).all())
+    assert rows == {0: None, 1: images[1].tobytes(), 2: None}

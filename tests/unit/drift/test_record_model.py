@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from atelier.drift.record_model import MAX_CLASSES, RECORD, FeatureRecord, RecordGate, parse_line
+from atelier.drift.record_model import (
+    MAX_CLASSES,
+    MAX_INPUT_BASE64,
+    RECORD,
+    FeatureRecord,
+    RecordGate,
+    parse_line,
+)
 from atelier.drift.reference import VersionCatalog, load_reference
 from atelier.runtime.errors import ReferenceUnavailableError
 from atelier.runtime.features import ALL_FEATURES
@@ -29,13 +36,17 @@ def line(rec: dict[str, Any]) -> bytes:
 def test_the_type_is_the_record_format() -> None:
     fields = typing.get_type_hints(FeatureRecord)
     assert set(fields) == {"schema", "request_id", "index", "time", "model_name",
-                           "model_version", "protocol", *ALL_FEATURES}  # fmt: skip
+                           "model_version", "protocol", *ALL_FEATURES, "input"}  # fmt: skip
+    sampled = dict(GOOD, input="AAEC")  # only sampled records carry their input
+    assert RECORD.validate_python(sampled) == sampled
     assert typing.get_args(fields["schema"]) == (SCHEMA,)
     assert parse_line(line(GOOD)) == GOOD
     assert RECORD.validate_python(GOOD) == GOOD
 
 
 BAD: list[tuple[str, Any, str]] = [
+    ("input", "not base64!", "input"),
+    ("input", "A" * (MAX_INPUT_BASE64 + 4), "input"),  # bounded: no padding through it
     ("brightness", "bright", "brightness"),
     ("index", True, "index"),  # a bool is not an int
     ("predicted_class", False, "predicted_class"),

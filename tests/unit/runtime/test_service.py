@@ -280,3 +280,24 @@ def test_a_bad_bytes_element_fails_only_its_request(classifier: Classifier) -> N
     bad = {"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": [5]}]}
     outcomes, _ = InferenceService(classifier).handle([Item(png(12)), Item(bad)])
     assert [o.status for o in outcomes] == [200, 400]
+
+
+@pytest.mark.parametrize("sample", [0.0, 1.0])
+def test_a_sampled_request_spools_its_preprocessed_images(
+    classifier: Classifier, tmp_path: Path, sample: float
+) -> None:
+    spool = FeatureSpool(tmp_path)
+    service = InferenceService(classifier, spool=spool, input_sample=sample)
+    body = {"instances": [{"b64": b64(png(s))} for s in (3, 4)]}
+    (outcome,), _ = service.handle([Item(body, expect="v1")])
+    spool.close()
+    assert outcome.status == 200
+    records = read_spool(spool)
+    assert len(records) == 2
+    if sample == 0.0:
+        assert all("input" not in r for r in records)
+        return
+    for r, seed in zip(records, (3, 4), strict=True):
+        pixels = np.frombuffer(base64.b64decode(r["input"]), dtype=np.uint8)
+        assert pixels.size == 28 * 28
+        np.testing.assert_array_equal(pixels.reshape(28, 28), image(seed))
