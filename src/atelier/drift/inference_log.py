@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 REPORTER = "reporter"
 # pg_advisory_lock key for migrations: "atelier" in ASCII, fits a bigint.
 MIGRATION_LOCK_KEY = 0x6174656C696572
+# pg_advisory_xact_lock key held by each shipping transaction (see `InferenceLog.ship`).
+SHIP_LOCK_KEY = MIGRATION_LOCK_KEY + 1
 
 FEATURE_COLUMNS = tuple(s.inference_log.c[f] for f in ALL_FEATURES)
 
@@ -222,6 +224,13 @@ class InferenceLog:
         ]
         stmt = self._insert_ignore(s.inference_log).returning(s.inference_log.c.id)
         with self._tx("shipping records") as conn:
+            if self.dialect == "postgresql":
+                # Ids are drawn when rows are inserted but seen when their transaction
+                # commits: two pods' batches could commit out of id order, and the reporter,
+                # which reads on from the last id it saw, would skip the earlier ids for good.
+                # One shipping transaction at a time makes id order the commit order (SQLite
+                # has one writer anyway).
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SHIP_LOCK_KEY})")
             inserted = conn.execute(stmt, rows).all()
         return len(inserted)
 
@@ -234,10 +243,13 @@ class InferenceLog:
 
         return sqlite_insert(table).on_conflict_do_nothing()
 
-    def heartbeat(self, pod: str, lag_records: int, shipped_total: int) -> None:
-        """Say this shipper is alive and how far behind its spool it is."""
+    def heartbeat(
+        self, pod: str, lag_records: int, shipped_total: int, at: float | None = None
+    ) -> None:
+        """Say this shipper is alive and how far behind its spool it is; ``at``: when the
+        lag was measured (the start of the poll that read it), now by default."""
         values = {
-            "heartbeat_at": time.time(),
+            "heartbeat_at": time.time() if at is None else at,
             "lag_records": lag_records,
             "shipped_total": shipped_total,
         }
@@ -294,20 +306,23 @@ class InferenceLog:
         d_correct = int(label == pred.predicted_class) - int(was_correct)
         v = s.version_stats.c
         key = (v.model_name == pred.model_name, v.model_version == pred.model_version)
-        done = conn.execute(
+        count = (
             update(s.version_stats)
             .where(*key)
             .values(labelled=v.labelled + d_labelled, correct=v.correct + d_correct)
         )
-        if done.rowcount == 0:
+        if conn.execute(count).rowcount == 0:
+            # The version's first label: another pod may be adding its row right now, so
+            # add it only if absent (a plain insert would fail on its key), then count.
             conn.execute(
-                insert(s.version_stats).values(
+                self._insert_ignore(s.version_stats).values(
                     model_name=pred.model_name,
                     model_version=pred.model_version,
-                    labelled=d_labelled,
-                    correct=d_correct,
+                    labelled=0,
+                    correct=0,
                 )
             )
+            conn.execute(count)
         return LoggedPrediction(
             pred.id, pred.model_name, pred.model_version, pred.predicted_class, label
         )

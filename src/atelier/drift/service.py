@@ -291,6 +291,7 @@ class DriftService:
         reloaded from its last committed position, so the batch is read again next time.
         """
         m = self.metrics
+        polled_at = time.time()  # what was written before this, this poll reads (lag 0)
         batch = self.follower.poll(max_records=self.s.ship_batch)
         if batch.records:
             t0 = time.perf_counter()
@@ -299,6 +300,9 @@ class DriftService:
             except DatabaseUnavailableError:
                 m.ship_errors.labels("database_unavailable").inc()
                 self.follower = self._new_follower()
+                # The batch is not shipped either: the lag grows while the database is down.
+                self._lag_records = len(batch.records) + round(batch.lag_bytes / MEAN_LINE_BYTES)
+                m.lag_records.set(self._lag_records)
                 raise
             m.db_seconds.labels("ship").observe(time.perf_counter() - t0)
             m.duplicates.inc(len(batch.records) - new)
@@ -314,7 +318,9 @@ class DriftService:
         self._lag_records = round(batch.lag_bytes / MEAN_LINE_BYTES)
         m.lag_bytes.set(batch.lag_bytes)
         m.lag_records.set(self._lag_records)
-        self.log.heartbeat(self.pod, self._lag_records, self.shipped_total)
+        # Stamped with the poll's start, not now: a record written during the insert above
+        # is not shipped, and feedback for it must not hear "every spool is empty".
+        self.log.heartbeat(self.pod, self._lag_records, self.shipped_total, at=polled_at)
         return len(batch.records)
 
     # --- feedback ------------------------------------------------------------------------
@@ -337,6 +343,9 @@ class DriftService:
             if found:
                 return self._join(found, label, request_id, index)
             if self.log.shippers_caught_up(arrived, alive_within_s=self.s.label_wait_s):
+                found = self.log.find(request_id, index)  # shipped since the look-up above?
+                if found:
+                    return self._join(found, label, request_id, index)
                 raise UnknownRequestError(
                     f"no replica logged a prediction for request id {request_id!r} index {index}",
                     hint="send feedback with the id the server returned (the X-Request-Id "

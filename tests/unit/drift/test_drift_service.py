@@ -136,6 +136,46 @@ def test_a_label_before_its_prediction_is_kept_then_joined(
     assert a.log.labelled_count() == 1
 
 
+def test_a_record_written_while_a_batch_ships_is_not_called_shipped(
+    pair: tuple[DriftService, DriftService], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = pair
+    write(tmp_path / "pod-a" / "spool", "1", 10, "first")
+    real = a.log.ship
+    label_sent: list[float] = []
+
+    def ship_while_serving(records: list[dict], pod: str) -> int:
+        n = real(records, pod)
+        write(tmp_path / "pod-a" / "spool", "1", 1, "late")  # answered meanwhile...
+        label_sent.append(time.time())  # ...and its label sent at once
+        return n
+
+    monkeypatch.setattr(a.log, "ship", ship_while_serving)
+    a.ship_once()
+    b.ship_once()
+    # What /feedback answers 404 on: every live shipper said "empty spool" after the label
+    # arrived. Pod a's said so as of its poll, before the late record was written.
+    assert not a.log.shippers_caught_up(label_sent[0], alive_within_s=600)
+    a.ship_once()
+    assert a.log.shippers_caught_up(label_sent[0], alive_within_s=600)
+
+
+def test_a_label_joins_a_prediction_shipped_while_it_looked(
+    pair: tuple[DriftService, DriftService], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = pair
+    records = write(tmp_path / "pod-a" / "spool", "1", 5, "racing")
+    real = a.log.shippers_caught_up
+
+    def ship_first(since: float, alive_within_s: float) -> bool:
+        a.ship_once()  # pod a's shipper runs between the look-up and this check
+        b.ship_once()
+        return real(since, alive_within_s)
+
+    monkeypatch.setattr(a.log, "shippers_caught_up", ship_first)
+    assert a.label(records[2]["request_id"], 2, 1).status == "joined"
+
+
 def test_one_reporter_at_a_time_and_takeover_after_the_lease(store: Path, tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'log.db'}"
     a = DriftService(settings(tmp_path, store, "pod-a", db, reporter_lease_s=2))
@@ -217,6 +257,7 @@ def test_database_outage_delays_and_loses_nothing(
     with pytest.raises(DatabaseUnavailableError):
         a.ship_once()
     assert a.metrics.ship_errors.labels("database_unavailable")._value.get() == 1
+    assert a.metrics.lag_records._value.get() == 90  # the unshipped batch is lag
     monkeypatch.setattr(a.log, "ship", real)
     assert a.ship_once() == 90  # the batch is read again from the committed position
     assert a.log.count() == 90
