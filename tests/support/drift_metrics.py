@@ -25,9 +25,10 @@ def drift_series() -> dict[str, frozenset[str]]:
     """
     from atelier.drift.app import create_app
     from atelier.drift.service import DriftMetrics
+    from atelier.drift.settings import DriftSettings
 
     metrics = DriftMetrics()
-    create_app(SimpleNamespace(metrics=metrics))  # type: ignore[arg-type]
+    create_app(SimpleNamespace(metrics=metrics, s=DriftSettings()))  # type: ignore[arg-type]
     for value in vars(metrics).values():
         if isinstance(value, MetricWrapperBase) and value._labelnames:
             value.labels(*("x" for _ in value._labelnames))

@@ -345,34 +345,38 @@ class InferenceLog:
     def join_pending(self, wait_s: float) -> tuple[int, int]:
         """Join kept labels whose prediction has landed; drop those older than ``wait_s``.
 
-        Returns (joined, expired)."""
+        Each label is joined in a transaction of its own, taking its locks in the order
+        feedback takes them (prediction row, then the version's counts), so a relabel that
+        arrives meanwhile waits instead of deadlocking. Returns (joined, expired)."""
         p, t = s.pending_labels.c, s.inference_log.c
-        joined = expired = 0
-        with self._tx("joining kept labels") as conn:
-            pending = conn.execute(
-                select(p.request_id, p.idx, p.label, p.received_at).limit(5000)
+        with self._tx("finding kept labels") as conn:
+            landed = conn.execute(
+                select(p.request_id, p.idx)
+                .join(s.inference_log, (t.request_id == p.request_id) & (t.idx == p.idx))
+                .distinct()
+                .limit(5000)
             ).all()
-            if not pending:
-                return 0, 0
-            now = time.time()
-            for request_id, idx, label, received_at in pending:
-                ids = (
-                    conn.execute(select(t.id).where(t.request_id == request_id, t.idx == idx))
-                    .scalars()
-                    .all()
-                )
-                if ids:
-                    for pid in ids:
-                        self._apply_label(conn, pid, label)
-                    joined += 1
-                elif now - received_at <= wait_s:
+        joined = 0
+        for request_id, idx in landed:
+            with self._tx("joining a kept label") as conn:
+                key = (p.request_id == request_id, p.idx == idx)
+                label = conn.execute(
+                    select(p.label).where(*key).with_for_update()
+                ).scalar_one_or_none()
+                if label is None:  # joined or replaced meanwhile
                     continue
-                else:
-                    expired += 1
-                conn.execute(
-                    delete(s.pending_labels).where(p.request_id == request_id, p.idx == idx)
-                )
-        return joined, expired
+                ids = conn.execute(
+                    select(t.id).where(t.request_id == request_id, t.idx == idx).order_by(t.id)
+                ).scalars()
+                for pid in list(ids):
+                    self._apply_label(conn, pid, label)
+                conn.execute(delete(s.pending_labels).where(*key))
+                joined += 1
+        with self._tx("expiring kept labels") as conn:
+            expired = conn.execute(
+                delete(s.pending_labels).where(p.received_at < time.time() - wait_s)
+            ).rowcount
+        return joined, int(expired or 0)
 
     def pending_count(self) -> int:
         with self._tx("counting kept labels") as conn:

@@ -348,3 +348,15 @@ def test_a_sampled_input_lands_in_the_log_with_its_record(tmp_path: Path) -> Non
     with service.log.engine.connect() as conn:
         rows = dict(conn.execute(select(t.idx, t.input)).all())
     assert rows == {0: None, 1: images[1].tobytes(), 2: None}
+
+
+def test_a_kept_label_whose_prediction_never_comes_expires(
+    pair: tuple[DriftService, DriftService],
+) -> None:
+    a, _ = pair
+    a.log.add_pending("never-shipped", 0, 3)
+    assert a.log.join_pending(wait_s=600) == (0, 0)  # still waiting
+    assert a.log.pending_count() == 1
+    time.sleep(0.05)
+    assert a.log.join_pending(wait_s=0.01) == (0, 1)
+    assert a.log.pending_count() == 0
