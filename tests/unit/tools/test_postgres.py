@@ -1,4 +1,4 @@
-"""support.postgres: a real PostgreSQL cluster in a temp folder, reached through SQLAlchemy
+"""atelier.tools.postgres: a real PostgreSQL cluster in a temp folder, reached through SQLAlchemy
 and psycopg over TCP with a password; stopped and started again on the same port, its
 data survives."""
 
@@ -16,9 +16,9 @@ import pytest
 import sqlalchemy as sa
 
 from atelier.runtime.errors import ServerError
-from support.postgres import PostgresServer
+from atelier.tools.postgres import PostgresServer
 
-# Real servers on 127.0.0.1 (pyproject's markers), though only the test support is tested.
+# Real servers on 127.0.0.1 (pyproject's markers).
 pytestmark = pytest.mark.integration
 
 
@@ -111,3 +111,10 @@ def test_a_taken_port_fails_with_the_log_tail_and_leaves_no_folder() -> None:
     assert not Path(log.group(1)).parent.exists()
     with pytest.raises(ServerError, match="not started"):
         server.root  # noqa: B018 - the property raises
+
+
+def test_create_database_gives_the_user_a_fresh_database(pg: PostgresServer) -> None:
+    url = pg.create_database("bench_shipping")
+    assert url == pg.url.rsplit("/", 1)[0] + "/bench_shipping"
+    assert rows(url, "SELECT current_database(), current_user") == [("bench_shipping", "atelier")]
+    assert rows(url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
