@@ -39,6 +39,7 @@ import numpy as np
 from sqlalchemy import (
     Connection,
     Engine,
+    bindparam,
     case,
     create_engine,
     delete,
@@ -222,7 +223,7 @@ class InferenceLog:
             }
             for r in records
         ]
-        stmt = self._insert_ignore(s.inference_log).returning(s.inference_log.c.id)
+        stmt, params = self._ship_statement(rows)
         with self._tx("shipping records") as conn:
             if self.dialect == "postgresql":
                 # Ids are drawn when rows are inserted but seen when their transaction
@@ -231,8 +232,27 @@ class InferenceLog:
                 # One shipping transaction at a time makes id order the commit order (SQLite
                 # has one writer anyway).
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SHIP_LOCK_KEY})")
-            inserted = conn.execute(stmt, rows).all()
+            inserted = conn.execute(stmt, params).all()
         return len(inserted)
+
+    def _ship_statement(self, rows: list[dict[str, Any]]) -> tuple[Any, Any]:
+        """A batch's insert (new rows only, returning their ids) and its parameters.
+
+        PostgreSQL: one ``INSERT ... SELECT unnest(...)`` of an array per column, 18
+        parameters whatever the batch size. A multi-row VALUES (SQLAlchemy's insertmanyvalues)
+        binds 18 per row, and psycopg rewrites the placeholders of a statement that long in
+        Python at every execution (it caches those up to 4 KiB and 50 parameters): 1.2-1.4 s
+        of CPU per 5,000 rows against 0.15 s. SQLite's driver binds in C: multi-row VALUES.
+        """
+        t = s.inference_log
+        if self.dialect != "postgresql":
+            return self._insert_ignore(t).returning(t.c.id), rows
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        cols = list(rows[0])
+        arrays = select(*(func.unnest(bindparam(c, type_=ARRAY(t.c[c].type))) for c in cols))
+        stmt = self._insert_ignore(t).from_select(cols, arrays).returning(t.c.id)
+        return stmt, {c: [r[c] for r in rows] for c in cols}
 
     def _insert_ignore(self, table: Any) -> Any:
         if self.dialect == "postgresql":
