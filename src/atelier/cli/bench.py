@@ -49,19 +49,35 @@ def bench_serve(
 @bench_app.command("drift")
 def bench_drift(
     records: Annotated[
-        int, typer.Option("--records", min=1000, help="records to ingest")
+        int, typer.Option("--records", min=1000, help="records in each sidecar's spool")
     ] = 100_000,
+    log_records: Annotated[
+        int,
+        typer.Option("--log-records", min=20_000, help="records in the log the reports run on"),
+    ] = 1_000_000,
+    postgres: Annotated[
+        bool,
+        typer.Option(
+            "--postgres/--no-postgres",
+            help="also measure a throwaway PostgreSQL cluster (needs the postgresql package)",
+        ),
+    ] = True,
+    detection: Annotated[
+        bool,
+        typer.Option("--detection/--no-detection", help="false positives and detection rows"),
+    ] = True,
     store: Annotated[
         Path,
-        typer.Option("--store", help="model store for the detection rows (smoke model if empty)"),
+        typer.Option("--store", help="model store the records belong to (smoke model if empty)"),
     ] = Path("runs/bench-serve/store"),
 ) -> None:
-    """Drift sidecar: ingest rate, report time, RSS, false positives and detection."""
+    """Drift sidecar: shipping rate into SQLite and PostgreSQL, report and catch-up times on
+    a big log, pruning, the RSS of two sidecars sharing a log, false positives, detection."""
     from atelier.tools.bench.drift import bench_drift as run
     from atelier.tools.bench.serve import ensure_store
 
     ensure_store(store, store.parent)
-    run(records, store)
+    run(records, store, log_records=log_records, postgres=postgres, with_detection=detection)
 
 
 @bench_app.command("capacity")
