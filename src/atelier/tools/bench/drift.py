@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
+import shutil
 import statistics
 import tempfile
 import time
@@ -48,8 +48,6 @@ from atelier.runtime.features import IMAGE_FEATURES
 from atelier.runtime.records import FeatureSpool, make_records
 from atelier.tools import shifts
 from atelier.training.config import DEFAULT_FASHION_MNIST_DIR
-
-log = logging.getLogger(__name__)
 
 SYNTHETIC_CLASSES = 10
 WINDOW = 10_000  # the long window the targets name (DriftSettings.window_long)
@@ -485,6 +483,7 @@ def bench_drift(
         console.log("false positives and detection with the served model")
         det = result["detection"] = detection(store, work)
         console.print(_detection_table(det))
+    shutil.rmtree(work, ignore_errors=True)  # a failed run leaves it: logs, databases
     return result
 
 
