@@ -254,14 +254,27 @@ class InferenceLog:
         stmt = self._insert_ignore(t).from_select(cols, arrays).returning(t.c.id)
         return stmt, {c: [r[c] for r in rows] for c in cols}
 
-    def _insert_ignore(self, table: Any) -> Any:
+    def _insert(self, table: Any) -> Any:
+        """The dialect's INSERT, which knows ON CONFLICT."""
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            return pg_insert(table).on_conflict_do_nothing()
+            return pg_insert(table)
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        return sqlite_insert(table).on_conflict_do_nothing()
+        return sqlite_insert(table)
+
+    def _insert_ignore(self, table: Any) -> Any:
+        return self._insert(table).on_conflict_do_nothing()
+
+    def _upsert(self, table: Any, values: Mapping[str, Any], set_: Any = None) -> Any:
+        """Insert a row, or on its primary key set ``set_`` (default: the new values), in one
+        statement: two pods writing one key at once both land, neither is dropped."""
+        stmt = self._insert(table).values(**values)
+        keys = [c.name for c in table.primary_key.columns]
+        if set_ is None:
+            set_ = {k: stmt.excluded[k] for k in values if k not in keys}
+        return stmt.on_conflict_do_update(index_elements=keys, set_=set_)
 
     def heartbeat(
         self, pod: str, lag_records: int, shipped_total: int, at: float | None = None
@@ -274,9 +287,7 @@ class InferenceLog:
             "shipped_total": shipped_total,
         }
         with self._tx("shipper heartbeat") as conn:
-            done = conn.execute(update(s.shippers).where(s.shippers.c.pod == pod).values(values))
-            if done.rowcount == 0:
-                conn.execute(self._insert_ignore(s.shippers).values(pod=pod, **values))
+            conn.execute(self._upsert(s.shippers, {"pod": pod, **values}))
 
     def shippers_caught_up(self, since: float, alive_within_s: float) -> bool:
         """True when every shipper seen in the last ``alive_within_s`` seconds has reported,
@@ -324,43 +335,25 @@ class InferenceLog:
         was_correct = was_labelled and pred.label == pred.predicted_class
         d_labelled = 0 if was_labelled else 1
         d_correct = int(label == pred.predicted_class) - int(was_correct)
-        v = s.version_stats.c
-        key = (v.model_name == pred.model_name, v.model_version == pred.model_version)
-        count = (
-            update(s.version_stats)
-            .where(*key)
-            .values(labelled=v.labelled + d_labelled, correct=v.correct + d_correct)
-        )
-        if conn.execute(count).rowcount == 0:
-            # The version's first label: another pod may be adding its row right now, so
-            # add it only if absent (a plain insert would fail on its key), then count.
-            conn.execute(
-                self._insert_ignore(s.version_stats).values(
-                    model_name=pred.model_name,
-                    model_version=pred.model_version,
-                    labelled=0,
-                    correct=0,
-                )
+        # One statement adds the version's counts row or adds to it, so two pods giving a
+        # version its first labels at once both count.
+        v = s.version_stats
+        first = {"model_name": pred.model_name, "model_version": pred.model_version,
+                 "labelled": d_labelled, "correct": d_correct}  # fmt: skip
+        conn.execute(
+            self._upsert(
+                v, first,
+                set_={"labelled": v.c.labelled + d_labelled, "correct": v.c.correct + d_correct},
             )
-            conn.execute(count)
+        )  # fmt: skip
         return LoggedPrediction(
             pred.id, pred.model_name, pred.model_version, pred.predicted_class, label
         )
 
     def add_pending(self, request_id: str, index: int, label: int) -> None:
-        p = s.pending_labels.c
+        row = {"request_id": request_id, "idx": index, "label": label, "received_at": time.time()}
         with self._tx("keeping a label") as conn:
-            done = conn.execute(
-                update(s.pending_labels)
-                .where(p.request_id == request_id, p.idx == index)
-                .values(label=label, received_at=time.time())
-            )
-            if done.rowcount == 0:
-                conn.execute(
-                    self._insert_ignore(s.pending_labels).values(
-                        request_id=request_id, idx=index, label=label, received_at=time.time()
-                    )
-                )
+            conn.execute(self._upsert(s.pending_labels, row))
 
     def join_pending(self, wait_s: float) -> tuple[int, int]:
         """Join kept labels whose prediction has landed; drop those older than ``wait_s``.
@@ -541,20 +534,10 @@ class InferenceLog:
         return None if row is None else (int(row[0]), bytes(row[1]))
 
     def save_state(self, model_name: str, model_version: str, last_id: int, state: bytes) -> None:
-        c = s.since_live_state.c
-        values = {"last_id": last_id, "state": state, "updated_at": time.time()}
+        row = {"model_name": model_name, "model_version": model_version, "last_id": last_id,
+               "state": state, "updated_at": time.time()}  # fmt: skip
         with self._tx("saving since-live state") as conn:
-            done = conn.execute(
-                update(s.since_live_state)
-                .where(c.model_name == model_name, c.model_version == model_version)
-                .values(values)
-            )
-            if done.rowcount == 0:
-                conn.execute(
-                    insert(s.since_live_state).values(
-                        model_name=model_name, model_version=model_version, **values
-                    )
-                )
+            conn.execute(self._upsert(s.since_live_state, row))
 
     # --- reports -------------------------------------------------------------------------
 
