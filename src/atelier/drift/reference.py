@@ -88,7 +88,7 @@ def model_spec(store: Path, version: str | None = None) -> ModelSpec:
     try:
         with zipfile.ZipFile(mar) as z:
             metrics = json.loads(z.read("metrics.json"))
-            spec = json.loads(z.read("model_config.json"))
+            spec = json.loads(z.read(MODEL_CONFIG_FILE))
     except (KeyError, zipfile.BadZipFile, ValueError) as exc:
         raise ReferenceUnavailableError(f"{mar}: no usable model config ({exc})") from exc
     return ModelSpec(name, version, list(spec["class_names"]), float(metrics["test_accuracy"]))
@@ -98,20 +98,17 @@ def load_reference(store: Path, version: str | None = None) -> Reference:
     """Read the reference profile, class names and accuracy from a version's .mar."""
     import pandas as pd
 
-    name, version, mar = _mar(store, version)
+    spec = model_spec(store, version)
+    _, _, mar = _mar(store, spec.version)
     try:
         with zipfile.ZipFile(mar) as z:
             profile = pd.read_csv(io.BytesIO(z.read("reference_profile.csv")))
-            metrics = json.loads(z.read("metrics.json"))
-            spec = json.loads(z.read(MODEL_CONFIG_FILE))
     except (KeyError, zipfile.BadZipFile, ValueError) as exc:
         raise ReferenceUnavailableError(f"{mar}: no usable reference profile ({exc})") from exc
     missing = [c for c in ALL_FEATURES if c not in profile.columns]
     if missing:
         raise ReferenceUnavailableError(f"{mar}: reference profile lacks {', '.join(missing)}")
-    return Reference(
-        name, version, profile, list(spec["class_names"]), float(metrics["test_accuracy"])
-    )
+    return Reference(spec.model_name, spec.version, profile, spec.class_names, spec.accuracy)
 
 
 @dataclass(frozen=True)

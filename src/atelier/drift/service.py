@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from atelier.drift.inference_log import InferenceLog, LoggedPrediction, default_pod_name
 from atelier.drift.ingest import SpoolFollower
 from atelier.drift.record_model import RecordGate
-from atelier.drift.reference import ModelSpec, VersionCatalog, model_spec
+from atelier.drift.reference import ModelSpec, VersionCatalog, current_version, model_spec
 from atelier.runtime.errors import (
     AtelierError,
     DatabaseUnavailableError,
@@ -267,13 +267,15 @@ class DriftService:
         return self.spec(None)
 
     def spec(self, version: str | None) -> ModelSpec:
-        """Name, class names and test accuracy of a published version (None: the current)."""
-        key = version or ""
-        if version is None or key not in self._specs:
-            spec = model_spec(self.s.store, version)
-            self._specs[spec.version] = spec
-            return spec
-        return self._specs[key]
+        """Name, class names and test accuracy of a published version (None: the current).
+
+        Versions are immutable: each .mar is read once; only CURRENT.json is read per call."""
+        if version is None:
+            _, version = current_version(self.s.store)
+        spec = self._specs.get(version)
+        if spec is None:
+            spec = self._specs[version] = model_spec(self.s.store, version)
+        return spec
 
     def readiness(self) -> tuple[bool, str]:
         if not self.migrated:
