@@ -26,6 +26,7 @@ import yaml
 
 from atelier.runtime.errors import ConfigError
 from atelier.tools.chart import chart_dir, helm_binary, helm_template, rendered
+from support.pod_spec import container, env, mounts, volumes
 
 pytestmark = pytest.mark.chart
 
@@ -50,23 +51,6 @@ def postgresql_objects(objects: tuple[Any, ...]) -> dict[str, dict[str, Any]]:
             assert o["kind"] not in out, f"two {o['kind']} objects"
             out[o["kind"]] = o
     return out
-
-
-def container(spec: dict[str, Any], name: str) -> dict[str, Any]:
-    (found,) = [c for c in spec["containers"] if c["name"] == name]
-    return found
-
-
-def env(c: dict[str, Any]) -> dict[str, Any]:
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
-
-
-def mounts(c: dict[str, Any]) -> dict[str, str]:
-    return {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
-
-
-def volumes(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {v["name"]: v for v in spec["volumes"]}
 
 
 def serving_pod(mode: str, *args: str) -> tuple[dict[str, Any], dict[str, str]]:

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from atelier.tools.chart import chart_dir, helm_notes, rendered
+from support.pod_spec import mounts
 
 pytestmark = pytest.mark.chart
 
@@ -70,10 +71,6 @@ def raw_pod(objects: tuple[Any, ...]) -> dict[str, Any]:
 
 def env(container: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e.get("value", "") for e in container.get("env", [])}
-
-
-def mounts(container: dict[str, Any]) -> dict[str, str]:
-    return {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
 
 
 # --------------------------------------------------------------------------- drift sidecar

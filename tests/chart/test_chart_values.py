@@ -19,6 +19,7 @@ import yaml
 from atelier.runtime.errors import ConfigError
 from atelier.tools.chart import helm_template, rendered
 from atelier.tools.paths import project_file
+from support.pod_spec import container, env, mounts, volumes
 
 pytestmark = pytest.mark.chart
 
@@ -62,25 +63,6 @@ def job_pod(objects: tuple[Any, ...]) -> dict[str, Any]:
     (job,) = of_kind(objects, "Job")
     spec: dict[str, Any] = job["spec"]["template"]["spec"]
     return spec
-
-
-def container(spec: dict[str, Any], name: str) -> dict[str, Any]:
-    (found,) = [
-        c for c in [*spec.get("initContainers", []), *spec["containers"]] if c["name"] == name
-    ]
-    return found
-
-
-def env(c: dict[str, Any]) -> dict[str, Any]:
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
-
-
-def mounts(c: dict[str, Any]) -> dict[str, str]:
-    return {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
-
-
-def volumes(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {v["name"]: v for v in spec["volumes"]}
 
 
 def js(key: str, value: Any) -> str:
