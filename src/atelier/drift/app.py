@@ -51,9 +51,8 @@ from atelier.runtime.errors import (
     UnsupportedMediaTypeError,
     http_answer,
 )
-from atelier.runtime.records import FeatureSpool
+from atelier.runtime.records import MAX_REQUEST_ID_LENGTH, FeatureSpool
 
-MAX_REQUEST_ID = 128
 REPORT_ID = re.compile(r"^\d{8}T\d{12}-[A-Za-z0-9._-]{1,64}-[A-Za-z0-9_]{1,64}$")
 BODY_SHAPE = (
     f'a feature record, a list of 1 to {MAX_INGEST_RECORDS:,} records or {{"records": [...]}}'
@@ -210,9 +209,11 @@ def create_app(service: DriftService) -> FastAPI:
             raise InvalidFeedbackError(
                 'expected {"request_id": "...", "label": <class id or name>, "index": 0}'
             )
-        if len(request_id) > MAX_REQUEST_ID:
+        if len(request_id) > MAX_REQUEST_ID_LENGTH:
             service.metrics.feedback.labels("invalid").inc()
-            raise InvalidFeedbackError(f"request_id is longer than {MAX_REQUEST_ID} characters")
+            raise InvalidFeedbackError(
+                f"request_id is longer than {MAX_REQUEST_ID_LENGTH} characters"
+            )
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 32768:
             service.metrics.feedback.labels("invalid").inc()
             raise InvalidFeedbackError("index must be an integer from 0 to 32767")

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from atelier.drift.reference import Reference, load_reference
 from atelier.drift.report import SEVERITY_LEVEL, NotEnoughDataError, grade, json_safe, run_drift
-from atelier.drift.windows import ReservoirWindow, frame_of
+from atelier.drift.windows import SINCE_LIVE, ReservoirWindow, frame_of
 from atelier.runtime.errors import ReferenceUnavailableError
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SINCE_LIVE = "since_live"
 CATCH_UP_ROWS = 50_000  # rows read per query while feeding the since-live reservoir
 
 VersionKey = tuple[str, str]

@@ -45,8 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SINCE_LIVE = "since_live"
-
 
 class DriftMetrics:
     """Every gauge and counter the sidecar exports, in its own registry.

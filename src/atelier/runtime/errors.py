@@ -284,13 +284,6 @@ class ReportNotFoundError(AtelierError):
     kind = "report_not_found"
 
 
-class ReportWriteError(AtelierError):
-    """The reports folder cannot be written (full, read-only, gone)."""
-
-    http_status = 500
-    kind = "report_write_failed"
-
-
 # --- monitoring: the local Prometheus/Alertmanager stack
 
 
