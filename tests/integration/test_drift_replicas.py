@@ -488,13 +488,19 @@ def test_drift_on_one_replica_is_raised_by_the_reporter(
     # The replica whose sidecar is not the reporter: its records reach the reporter only
     # through the shared log.
     target = next(p for p in PODS if p != reporter)
-    url = stack.sidecars[reporter].url
 
-    def severity() -> float | None:
-        return gauge(url, "atelier_drift_severity", model_version="1", window=SHORT)
+    def short_status() -> dict[str, Any] | None:
+        status = requests.get(f"{stack.lb.url}/drift/reports", timeout=10).json()["status"]
+        found = status.get(SHORT)
+        return found if found and found["severity"] != "no_data" else None
 
-    wait_for(lambda: severity() is not None, REPORTED_WITHIN_S, "a short-window severity")
-    assert severity() == 0  # held-out images so far: no drift
+    # Held-out images so far: no feature drift. The overall severity is not asserted here:
+    # it also grades live accuracy against the smoke model's own test accuracy (measured on
+    # a few hundred images), and which labelled images fill the window depends on how many
+    # the outage test sent, so a window a few points below it is a fair warning.
+    wait_for(short_status, REPORTED_WITHIN_S, "a short-window report")
+    before = short_status()
+    assert before is not None and before["detail"]["dataset_drift"] is False, before
     send(stack, stack.servers[target].inference_url, 255 - x[6000:7200], None)
     stack.wait_exact()
 
@@ -508,8 +514,9 @@ def test_drift_on_one_replica_is_raised_by_the_reporter(
         sev = gauge(stack.sidecars[pod].url, "atelier_drift_severity",
                     model_version="1", window=SHORT)  # fmt: skip
         status = requests.get(f"{stack.lb.url}/drift/reports", timeout=10).json()
-        stored = status["status"].get(SHORT, {}).get("severity")
-        raised = sev is not None and sev >= 1 and stored in ("warning", "critical")
+        stored = status["status"].get(SHORT, {})
+        raised = (sev is not None and sev >= 1 and stored.get("severity") in ("warning", "critical")
+                  and stored.get("detail", {}).get("dataset_drift") is True)  # fmt: skip
         return (pod, status) if raised else None
 
     pod, status = wait_for(drift_raised, REPORTED_WITHIN_S, "the reporter to raise drift")
