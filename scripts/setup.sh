@@ -7,8 +7,11 @@ cd "$(dirname "$0")/.."
 # postgresql (15) and nginx-light: the integration tests' shared inference log and load
 # balancer. Tests run their own servers in temp folders (tests/support/postgres.py, nginx.py)
 # and never use the package's default cluster or its system nginx.
+# podman (4.3, with runc; crun fails on this kind of machine) and debootstrap: the image tests
+# build the three images and run the chart's pods (scripts/build-images.sh --local-base,
+# tests/images/), with the private configuration in scripts/podman-env.sh.
 APT_PACKAGES=(dataset-fashion-mnist curl wrk unzip prometheus prometheus-alertmanager
-  postgresql nginx-light)
+  postgresql nginx-light podman buildah fuse-overlayfs slirp4netns uidmap runc debootstrap)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

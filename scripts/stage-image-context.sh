@@ -8,6 +8,9 @@
 #
 #   .build/atelier/   pip-installable source: pyproject.toml, README.md, constraints.txt, src/
 #                     (the package data under src/ holds the TorchServe templates)
+#   .build/deps/      the same metadata with an empty README and an empty atelier module: the
+#                     Dockerfiles install the dependencies from it in a layer of their own,
+#                     which stays cached until pyproject.toml or constraints.txt change
 #
 # Skaffold runs it as each artifact's before-build hook (Skaffold.yaml). Skaffold hashes a
 # context before that hook runs, so run it yourself before `skaffold run` (or pass
@@ -42,6 +45,10 @@ stage() {
   mkdir -p "$stage/atelier/src"
   cp "$root/pyproject.toml" "$root/README.md" "$root/constraints.txt" "$stage/atelier/"
   cp -R "$root/src/atelier" "$stage/atelier/src/atelier"
+  mkdir -p "$stage/deps/src/atelier"
+  cp "$root/pyproject.toml" "$root/constraints.txt" "$stage/deps/"
+  : >"$stage/deps/README.md"
+  : >"$stage/deps/src/atelier/__init__.py"
   find "$stage" \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
   find "$stage" -name '*.pyc' -delete
   # The staged tree replaces the old one in one rename, so a build never sees half of it.

@@ -70,13 +70,27 @@ def parse(dockerfile: Path) -> list[Instruction]:
 
 
 def stages(instructions: list[Instruction]) -> list[list[Instruction]]:
+    """The build stages; the global ARGs before the first FROM are left out (global_args)."""
     result: list[list[Instruction]] = []
     for ins in instructions:
         if ins.name == "FROM":
             result.append([])
-        assert result, f"line {ins.line}: {ins.name} before the first FROM"
+        if not result:
+            assert ins.name == "ARG", f"line {ins.line}: {ins.name} before the first FROM"
+            continue
         result[-1].append(ins)
     return result
+
+
+def global_args(instructions: list[Instruction]) -> dict[str, str]:
+    """The ARGs declared before the first FROM, with their defaults (unquoted)."""
+    out: dict[str, str] = {}
+    for ins in instructions:
+        if ins.name == "FROM":
+            break
+        name, _, default = ins.args.partition("=")
+        out[name] = shlex.split(default)[0] if default else ""
+    return out
 
 
 def run_commands(instructions: list[Instruction]) -> list[list[str]]:
@@ -184,17 +198,24 @@ def test_multi_stage_pinned_and_non_root(folder: str) -> None:
     all_stages = stages(instructions)
     assert len(all_stages) >= 2, f"{folder}: build and runtime stages expected"
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    # Every stage starts from the one BASE_IMAGE argument, so a builder swaps the base for all
+    # of them at once (scripts/build-images.sh --local-base); its default is pinned.
+    # (or from an earlier stage).
+    named: list[str] = []
     for stage in all_stages:
-        base = stage[0].args.split()[0]
-        assert "$" not in base, f"{folder}: the base image is named literally, not by an ARG"
-        # A full version in the tag (python:3.11.7-slim-bookworm), or a digest.
-        assert re.search(r":\d+\.\d+\.\d+[\w.-]*(@sha256:[0-9a-f]{64})?$", base) or re.search(
-            r"@sha256:[0-9a-f]{64}$", base
-        ), f"{folder}: base image {base} is not pinned to a full version or a digest"
-        assert "latest" not in base
-        if base.startswith("python:"):
-            version = base.split(":")[1].split("-")[0]
-            assert version.startswith("3.11."), f"{base} is not the Python of {requires}"
+        words = stage[0].args.split()
+        assert words[0] == "${BASE_IMAGE}" or words[0] in named, f"{folder}: {stage[0].args}"
+        if len(words) == 3 and words[1].upper() == "AS":
+            named.append(words[2])
+    base = global_args(instructions)["BASE_IMAGE"]
+    # A full version in the tag (python:3.11.7-slim-bookworm), or a digest.
+    assert re.search(r":\d+\.\d+\.\d+[\w.-]*(@sha256:[0-9a-f]{64})?$", base) or re.search(
+        r"@sha256:[0-9a-f]{64}$", base
+    ), f"{folder}: base image {base} is not pinned to a full version or a digest"
+    assert "latest" not in base
+    if base.startswith("python:"):
+        version = base.split(":")[1].split("-")[0]
+        assert version.startswith("3.11."), f"{base} is not the Python of {requires}"
     runtime = all_stages[-1]
     users = [ins.args for ins in runtime if ins.name == "USER"]
     assert users, f"{folder}: the runtime stage sets no USER (it would run as root)"
@@ -204,9 +225,14 @@ def test_multi_stage_pinned_and_non_root(folder: str) -> None:
     assert any(
         c[:1] == ["useradd"] and "--uid" in c and APP_UID in c for c in run_commands(runtime)
     ), f"{folder}: uid {APP_UID} is not created"
-    # The build stage's tools and sources stay behind: the runtime copies the virtualenv.
+    # The build stages' tools and sources stay behind: the runtime copies the dependencies'
+    # virtualenv and installs the atelier wheel, and nothing else from them.
     copies = [ins.args for ins in runtime if ins.name == "COPY"]
-    assert any(c.startswith("--from=build /opt/venv") for c in copies), copies
+    from_stages = [c for c in copies if c.startswith("--from=")]
+    assert from_stages == [
+        "--from=deps /opt/venv /opt/venv",
+        "--from=build /wheels /tmp/atelier-wheel",
+    ]
     assert runtime[-1].name in {"ENTRYPOINT", "CMD"} or any(
         ins.name == "ENTRYPOINT" for ins in runtime
     )
@@ -223,20 +249,34 @@ def test_torch_is_the_cpu_build_and_the_rest_is_constrained(
     assert not any(d.startswith("torch") for d in pyproject["project"]["dependencies"])
     assert constraints["torch"] == TORCH
     pip_installs = [
-        c for c in run_commands(parse(dockerfile(folder))) if c[:2] == ["pip", "install"]
+        c
+        for c in run_commands(parse(dockerfile(folder)))
+        if c[:2] in (["pip", "install"], ["/opt/venv/bin/pip", "install"])
     ]
     assert pip_installs, f"{folder}: no pip install"
-    # Each image installs its own extra of atelier, and only that one.
-    packages = [a for c in pip_installs for a in c if a.startswith("/src/atelier[")]
-    assert packages == [f"/src/atelier[{extra}]"], packages
+    # Each image installs its own extra of atelier's dependencies (from the staged metadata,
+    # constrained), then the package itself, built as a wheel, without dependencies.
+    packages = [a for c in pip_installs for a in c if a.startswith(("/src/", "/tmp/"))]
+    packages = [a for a in packages if not a.endswith(".txt")]
+    assert packages == [f"/src/deps[{extra}]", "/tmp/atelier-wheel/atelier-*.whl"], packages
+    package_install = next(c for c in pip_installs if packages[1] in c)
+    assert "--no-deps" in package_install, package_install
+    wheels = [c for c in run_commands(parse(dockerfile(folder))) if c[:2] == ["pip", "wheel"]]
+    assert wheels == [
+        ["pip", "wheel", "--no-cache-dir", "--no-deps", "--wheel-dir", "/wheels", "/src/atelier"]
+    ], wheels
     if folder in WITHOUT_TORCH:
         assert not any("torch" in a for c in pip_installs for a in c), pip_installs
         assert all("--index-url" not in c for c in pip_installs)
+        assert "TORCH_PIP_ARGS" not in global_args(parse(dockerfile(folder)))
         return
     torch_installs = [c for c in pip_installs if any(a.startswith("torch==") for a in c)]
     first = pip_installs[0]
-    # torch alone, first, from the CPU index, without dependencies that index would choose.
-    assert first[first.index("--index-url") + 1] == CPU_INDEX, first
+    # torch alone, first, without dependencies that index would choose, from wherever
+    # TORCH_PIP_ARGS says: by default PyTorch's CPU index.
+    torch_args = shlex.split(global_args(parse(dockerfile(folder)))["TORCH_PIP_ARGS"])
+    assert torch_args == ["--index-url", CPU_INDEX], torch_args
+    assert "${TORCH_PIP_ARGS}" in first, first
     assert "--no-deps" in first and [a for a in first if "==" in a] == [f"torch=={TORCH}"]
     for cmd in pip_installs:
         assert "--no-cache-dir" in cmd, cmd
@@ -277,6 +317,20 @@ def test_staged_context_holds_the_package_and_its_data(staged: dict[str, Path]) 
             relative = path.relative_to(src)
             assert (build / "atelier/src" / relative).read_bytes() == path.read_bytes()
         assert not (build / "home").exists(), "images need no staged checkout files"
+        # The dependency layer's input: the same metadata, an empty package. Nothing else,
+        # so a change under src/ or to the README leaves that layer cached.
+        deps = build / "deps"
+        for name in ("pyproject.toml", "constraints.txt"):
+            assert (deps / name).read_bytes() == (ROOT / name).read_bytes()
+        files = sorted(str(p.relative_to(deps)) for p in deps.rglob("*") if p.is_file())
+        assert files == [
+            "README.md",
+            "constraints.txt",
+            "pyproject.toml",
+            "src/atelier/__init__.py",
+        ]
+        assert (deps / "README.md").stat().st_size == 0
+        assert (deps / "src/atelier/__init__.py").stat().st_size == 0
 
 
 def test_stage_script_refuses_a_folder_without_a_dockerfile(tmp_path: Path) -> None:
@@ -321,15 +375,25 @@ def test_serving_image_reads_the_store_where_kserve_mounts_it() -> None:
     # TorchServe writes temp files and logs where it is told, under one mountable folder.
     for var in ("TEMP", "TMPDIR", "LOG_LOCATION", "METRICS_LOCATION"):
         assert env[var].startswith("/tmp"), var
-    apt = [c for c in run_commands(runtime) if c[:2] == ["apt-get", "install"]]
-    assert any(a.startswith("openjdk-17-jre-headless=") for c in apt for a in c)
+    assert_apt_by_release(runtime, {"openjdk-17-jre-headless", "tini"})
+
+
+def assert_apt_by_release(runtime: list[Instruction], packages: set[str]) -> None:
+    """Debian packages come from the base's release, unpinned by version (a version pin breaks
+    at the release's next update), and the image lists the versions it got."""
+    commands = run_commands(runtime)
+    apt = [c for c in commands if c[:2] == ["apt-get", "install"]]
+    named = {a for c in apt for a in c[2:] if not a.startswith("-")}
+    assert named == packages, named
+    queried = [c for c in commands if c[:2] == ["dpkg-query", "-W"]]
+    assert queried and packages <= set(queried[0]), queried
+    assert any("/usr/share/atelier/apt-packages.txt" in c for c in queried), queried
 
 
 def test_training_image_has_the_data_and_the_configs() -> None:
     instructions = parse(dockerfile("training-job"))
     runtime = stages(instructions)[-1]
-    apt = [c for c in run_commands(runtime) if c[:2] == ["apt-get", "install"]]
-    assert any(a.startswith("dataset-fashion-mnist=") for c in apt for a in c)
+    assert_apt_by_release(runtime, {"dataset-fashion-mnist"})
     entry = exec_form(next(i for i in runtime if i.name == "ENTRYPOINT"))
     cmd = exec_form(next(i for i in runtime if i.name == "CMD"))
     assert entry == ["atelier"]
