@@ -329,8 +329,12 @@ def serving() -> db.Dashboard:
     d = d.with_panel(
         ts(
             "Requests/s by status code",
-            "Requests answered per second by status class (atelier:requests:rate5m): "
-            "TorchServe's Requests2XX/4XX/5XX and the KServe runtime's atelier_requests_total.",
+            "Requests that reached the model's serving code, per second by status class "
+            "(atelier:requests:rate5m, the availability SLI): the handler's "
+            "atelier_requests_total on both runtimes; on TorchServe, a request queued for a "
+            "worker that the handler never answered is a 5xx. What TorchServe's frontend "
+            "answers by itself (its 500 for images posted as a form) is only in its "
+            "Requests2XX/4XX/5XX.",
             [(f"sum by (code) ({sel('atelier:requests:rate5m')})", "{{code}}")],
             unit="reqps",
             w=8,
