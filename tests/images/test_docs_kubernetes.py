@@ -134,4 +134,5 @@ def test_files_profiles_and_tags_exist() -> None:
             assert (ROOT / cmd[1]).is_file(), cmd[1]
     for link in re.findall(r"\]\((\.\./[^)#]+)\)", text):
         assert (DOC.parent / link).resolve().exists(), link
-    assert "Not run here" in text
+    # The page says what was run on the machine it was written on, and what was not.
+    assert "What was run here" in text and "were\n> not run on it" in text
