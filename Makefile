@@ -14,8 +14,18 @@ $(STAMP): pyproject.toml constraints.txt constraints-tools.txt scripts/setup.sh
 demo: setup
 	bash scripts/demo.sh
 
+# The image tests (tests/images/, marker podman) need the three images. Their build is mostly
+# downloads and layer writes, so it starts in the background while the other tests run; the
+# tests' fixture waits for the "build-images: exit N" line in its log. (pytest alone builds
+# them itself when ATELIER_IMAGES_BUILD_LOG is not set.)
+IMAGES_BUILD_LOG := $(CURDIR)/runs/build-images.log
+
 test: setup
-	$(BIN)/pytest -q
+	@mkdir -p runs
+	@rm -f $(IMAGES_BUILD_LOG)
+	@(bash scripts/build-images.sh --local-base; echo "build-images: exit $$?") \
+	  >$(IMAGES_BUILD_LOG) 2>&1 &
+	ATELIER_IMAGES_BUILD_LOG=$(IMAGES_BUILD_LOG) $(BIN)/pytest -q
 
 test-unit: setup
 	$(BIN)/pytest -q -m unit

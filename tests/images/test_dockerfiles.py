@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import tomllib
 from dataclasses import dataclass
@@ -150,7 +151,9 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {}
     for folder in IMAGE_FOLDERS:
         ctx = tmp_path_factory.mktemp("ctx") / Path(folder).name
-        subprocess.run(["cp", "-R", str(ROOT / folder), str(ctx)], check=True, capture_output=True)
+        # Without the folder's own staged .build: `make test` may be restaging it right now
+        # (the background image build), and the copy is staged afresh below anyway.
+        shutil.copytree(ROOT / folder, ctx, ignore=shutil.ignore_patterns(".build", ".build.*"))
         proc = subprocess.run(
             ["bash", str(STAGE), str(ctx)], capture_output=True, text=True, check=False
         )
@@ -231,7 +234,7 @@ def test_multi_stage_pinned_and_non_root(folder: str) -> None:
     from_stages = [c for c in copies if c.startswith("--from=")]
     assert from_stages == [
         "--from=deps /opt/venv /opt/venv",
-        "--from=build /wheels /tmp/atelier-wheel",
+        "--from=build /wheels /wheels",
     ]
     assert runtime[-1].name in {"ENTRYPOINT", "CMD"} or any(
         ins.name == "ENTRYPOINT" for ins in runtime
@@ -256,9 +259,9 @@ def test_torch_is_the_cpu_build_and_the_rest_is_constrained(
     assert pip_installs, f"{folder}: no pip install"
     # Each image installs its own extra of atelier's dependencies (from the staged metadata,
     # constrained), then the package itself, built as a wheel, without dependencies.
-    packages = [a for c in pip_installs for a in c if a.startswith(("/src/", "/tmp/"))]
+    packages = [a for c in pip_installs for a in c if a.startswith(("/src/", "/wheels/"))]
     packages = [a for a in packages if not a.endswith(".txt")]
-    assert packages == [f"/src/deps[{extra}]", "/tmp/atelier-wheel/atelier-*.whl"], packages
+    assert packages == [f"/src/deps[{extra}]", "/wheels/atelier-*.whl"], packages
     package_install = next(c for c in pip_installs if packages[1] in c)
     assert "--no-deps" in package_install, package_install
     wheels = [c for c in run_commands(parse(dockerfile(folder))) if c[:2] == ["pip", "wheel"]]

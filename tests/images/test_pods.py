@@ -1,4 +1,4 @@
-"""The chart's pods, run for real with `podman kube play` (issue 15, items 2 to 5).
+"""The chart's pods, run for real with `podman kube play`: training, serving, helm test, teardown.
 
 The chart is rendered by `helm template` from charts/atelier with a values file, as a user
 renders it, and its pods run on the images scripts/build-images.sh builds (the session's

@@ -150,6 +150,7 @@ CONTAINER_PATHS = (
     "/tmp/matplotlib",  # MPLCONFIGDIR in the training and drift containers
     "/tmp/rclone.conf",  # the model store's object-store init container
     "/tmp/rclone-cache",
+    "/tmp/probe",  # tests/images: the file the image tests try to write inside a container
     "/home/atelier",  # the training and drift images' user (uid 10001)
     "/home/model-server",  # the serving image's user (uid 10001)
 )
