@@ -36,6 +36,7 @@ from atelier.tools.process import free_port
 from atelier.training.archive import ArchiveResult
 from atelier.training.data.idx import load_fashion_mnist
 from atelier.training.loop import RunResult
+from support.answers import error_kind, error_message
 
 pytestmark = pytest.mark.integration
 
@@ -123,10 +124,7 @@ def tensor(arr: np.ndarray, datatype: str) -> dict[str, Any]:
 def assert_error(r: requests.Response, status: int, kind: str) -> None:
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/json"
-    body = r.json()
-    assert list(body) == ["error"] and set(body["error"]) == {"type", "message"}, body
-    assert body["error"]["type"] == kind, body
-    assert body["error"]["message"]
+    assert error_kind(r) == kind
 
 
 def is_uuid(text: str) -> bool:
@@ -342,7 +340,7 @@ def test_10_mb_body_is_our_413(kserve: KServeRuntime, route: str) -> None:
     body = b"\0" * TEN_MB if route == "raw" else b'{"instances": "' + b"A" * TEN_MB + b'"}'
     r = post(kserve.inference_url, PATHS[route], body, content_type)
     assert_error(r, 413, "payload_too_large")
-    assert str(len(body)) in r.json()["error"]["message"]
+    assert str(len(body)) in error_message(r)
 
 
 def test_10_mb_chunked_body_is_413(kserve: KServeRuntime) -> None:
@@ -372,6 +370,7 @@ def test_expect_100_continue_gets_413_before_sending_the_body(kserve: KServeRunt
         resp = conn.getresponse()
         assert resp.status == 413
         assert json.loads(resp.read())["error"]["type"] == "payload_too_large"
+        assert resp.getheader("X-Atelier-Error") == "payload_too_large"
     finally:
         conn.close()
 

@@ -163,14 +163,14 @@ def create_app(service: DriftService) -> FastAPI:
 
     @app.exception_handler(AtelierError)
     async def _typed(_: Request, exc: AtelierError) -> JSONResponse:
-        status, body = http_answer(exc)
-        return JSONResponse(body, status_code=status)
+        status, body, headers = http_answer(exc)
+        return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
         err = MalformedRequestError(f"expected {BODY_SHAPE}{_shape_problem(exc)}")
-        status, body = http_answer(err)
-        return JSONResponse(body, status_code=status)
+        status, body, headers = http_answer(err)
+        return JSONResponse(body, status_code=status, headers=headers)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

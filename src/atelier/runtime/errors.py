@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 # A TorchServe worker logs this, then the error's one line, when its model cannot be loaded
 # (a bad ATELIER_* setting, ...); the local launcher looks for it in TorchServe's log.
@@ -103,13 +104,15 @@ class SLOBreachError(LoadTestError):
     kind = "slo_breach"
 
 
-# --- Serving: every bad request is one of these, answered as
-# {"error": {"type": kind, "message": message}} with http_status. Never a 5xx.
+# --- Serving: every bad request is one of these, answered with http_status (never a 5xx),
+# the kind in the X-Atelier-Error header, and the body http_answer builds for its protocol.
 
 
 class RequestError(AtelierError):
     http_status = 400
     kind = "bad_request"
+    # The protocol the body was recognised as ("v1", "v2") before it was refused, if known.
+    protocol: str | None = None
 
 
 class EmptyBodyError(RequestError):
@@ -189,14 +192,24 @@ REQUEST_ERRORS: tuple[type[RequestError], ...] = (
 )
 
 
-def error_body(err: AtelierError) -> dict[str, dict[str, str]]:
-    """The one JSON shape every runtime answers a bad request with."""
+# Every error answer of every server carries its kind here, whatever the body's shape.
+ERROR_KIND_HEADER = "X-Atelier-Error"
+
+
+def error_body(err: AtelierError, protocol: str = "raw") -> dict[str, Any]:
+    """The JSON body of an error answer. The Open Inference Protocol (v2) has a string:
+    ``{"error": "<message>"}``, which its clients read; every other answer (raw, KServe v1,
+    the drift sidecar) ``{"error": {"type": kind, "message": message}}``."""
+    if protocol == "v2":
+        return {"error": err.message}
     return {"error": {"type": err.kind, "message": err.message}}
 
 
-def http_answer(err: AtelierError) -> tuple[int, dict[str, dict[str, str]]]:
-    """The one mapping of a typed error to an HTTP answer: (status, body)."""
-    return err.http_status, error_body(err)
+def http_answer(
+    err: AtelierError, protocol: str = "raw"
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """The one mapping of a typed error to an HTTP answer: (status, body, headers)."""
+    return err.http_status, error_body(err, protocol), {ERROR_KIND_HEADER: err.kind}
 
 
 @contextmanager

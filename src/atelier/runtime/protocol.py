@@ -8,9 +8,17 @@
   (0-1), shape [n, H, W] or [n, C, H, W], or BYTES (base64 encoded images), shape [n];
   answer outputs ``probabilities`` (FP32 [n, classes]) and ``label`` (BYTES [n]).
 
-Every problem raises a RequestError subclass (atelier.runtime.errors), which the runtime turns into
-its HTTP status and ``{"error": {"type", "message"}}``. Only numpy, Pillow and the
-standard library are imported: this module ships inside the .mar.
+v2 also takes and gives the binary tensor data extension: a JSON header of
+``Inference-Header-Content-Length`` bytes, then each input's raw bytes (``parameters.
+binary_data_size``; UINT8 one byte a value, FP32 four little-endian, BYTES each element a
+4-byte little-endian length and its bytes: a whole PNG or JPEG); outputs asked for with
+``parameters.binary_data_output`` (request) or ``parameters.binary_data`` (output) come back
+the same way (``format_answer``).
+
+Every problem raises a RequestError subclass (atelier.runtime.errors), which the runtime turns
+into its HTTP status and error body (``errors.http_answer``); a RequestError raised once the
+body is known to be v1 or v2 carries that protocol. Only numpy, Pillow and the standard
+library are imported: this module ships inside the .mar.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import binascii
 import json
 import math
 import re
+import struct
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +43,7 @@ from atelier.runtime.errors import (
     InvalidValueError,
     MalformedRequestError,
     PayloadTooLargeError,
+    RequestError,
     ShapeMismatchError,
     TooManyInstancesError,
     UnknownOutputError,
@@ -54,6 +64,10 @@ from atelier.runtime.records import MAX_REQUEST_ID_LENGTH, REQUEST_ID_PATTERN
 
 OUTPUT_NAMES = ("probabilities", "label")
 V2_DATATYPES = ("UINT8", "FP32", "BYTES")
+# Bytes per value of the fixed-size datatypes in binary form (little-endian).
+BINARY_DTYPES: dict[str, np.dtype[Any]] = {"UINT8": np.dtype("u1"), "FP32": np.dtype("<f4")}
+# The header that says where the JSON of a binary tensor data request or answer ends.
+BINARY_HEADER = "Inference-Header-Content-Length"
 IMAGE_FILE_FIELDS = ("data", "file", "image", "body")
 
 
@@ -99,6 +113,7 @@ class Request:
     outputs: tuple[str, ...] = OUTPUT_NAMES
     v2_input_name: str = "input-0"
     extra: dict[str, Any] = field(default_factory=dict)
+    binary_outputs: frozenset[str] = frozenset()  # v2 outputs answered in binary
 
 
 def new_request_id() -> str:
@@ -207,9 +222,93 @@ def _parse_v1(
     return images
 
 
+@dataclass(frozen=True)
+class V2Parsed:
+    images: np.ndarray
+    request_id: str | None
+    outputs: tuple[str, ...]
+    input_name: str
+    binary_outputs: frozenset[str]
+
+
+def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    params = obj.get("parameters", {})
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise MalformedRequestError(f"{where}.parameters must be an object")
+    return params
+
+
+def _flag(params: dict[str, Any], key: str, where: str) -> bool | None:
+    value = params.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise MalformedRequestError(f"{where}.parameters.{key} must be true or false")
+    return value
+
+
+def _binary_elements(raw: bytes, n: int, where: str) -> list[bytes]:
+    """BYTES in binary: n elements, each a 4-byte little-endian length and that many bytes."""
+    out: list[bytes] = []
+    pos = 0
+    while pos < len(raw):
+        if pos + 4 > len(raw):
+            raise MalformedRequestError(
+                f"{where}: binary BYTES element {len(out)} has a truncated 4-byte length"
+            )
+        (size,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        if pos + size > len(raw):
+            raise MalformedRequestError(
+                f"{where}: binary BYTES element {len(out)} declares {size:,} bytes, "
+                f"{len(raw) - pos:,} are left in binary_data_size"
+            )
+        out.append(raw[pos : pos + size])
+        pos += size
+    if len(out) != n:
+        raise ShapeMismatchError(
+            f"{where}: shape [{n}] needs {n} BYTES elements, the binary data holds {len(out)}"
+        )
+    return out
+
+
+def _tensor_data(
+    tensor: dict[str, Any], where: str, binary: bytes | None, offset: int
+) -> tuple[Any, bytes | None, int]:
+    """The tensor's JSON ``data`` or its slice of the binary part; the next binary offset."""
+    params = _parameters(tensor, where)
+    size = params.get("binary_data_size")
+    if size is None:
+        if "data" not in tensor:
+            hint = " (or parameters.binary_data_size, with the binary data extension)"
+            raise MalformedRequestError(f"{where} lacks data{hint}")
+        return tensor["data"], None, offset
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise MalformedRequestError(
+            f"{where}.parameters.binary_data_size must be a non-negative integer, got {size!r}"
+        )
+    if "data" in tensor:
+        raise MalformedRequestError(f"{where} has both data and parameters.binary_data_size")
+    if binary is None:
+        raise MalformedRequestError(
+            f"{where}.parameters.binary_data_size needs the binary data extension: "
+            f"send the {BINARY_HEADER} header"
+        )
+    if offset + size > len(binary):
+        raise MalformedRequestError(
+            f"{where}.parameters.binary_data_size is {size:,} bytes, the body has "
+            f"{len(binary) - offset:,} bytes of binary data left after its JSON header"
+        )
+    return None, binary[offset : offset + size], offset + size
+
+
 def _parse_v2(
-    body: dict[str, Any], spec: ModelSpec, limits: Limits, budget: PixelBudget
-) -> tuple[np.ndarray, str | None, tuple[str, ...], str]:
+    body: dict[str, Any],
+    spec: ModelSpec,
+    limits: Limits,
+    budget: PixelBudget,
+    binary: bytes | None = None,
+) -> V2Parsed:
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise MalformedRequestError("'inputs' must be a non-empty list of tensors")
@@ -218,15 +317,10 @@ def _parse_v2(
     tensor = inputs[0]
     if not isinstance(tensor, dict):
         raise MalformedRequestError("inputs[0] must be an object with name, shape, datatype, data")
-    missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
+    missing = [k for k in ("name", "shape", "datatype") if k not in tensor]
     if missing:
         raise MalformedRequestError(f"inputs[0] lacks {', '.join(missing)}")
-    name, shape, datatype, data = (
-        tensor["name"],
-        tensor["shape"],
-        tensor["datatype"],
-        tensor["data"],
-    )
+    name, shape, datatype = tensor["name"], tensor["shape"], tensor["datatype"]
     if not isinstance(name, str):
         raise MalformedRequestError("inputs[0].name must be a string")
     if not (
@@ -241,43 +335,70 @@ def _parse_v2(
         raise WrongDatatypeError(
             f"inputs[0].datatype {datatype!r} is not one of {', '.join(V2_DATATYPES)}"
         )
-    if not isinstance(data, list):
+    where = "inputs[0]"
+    data, raw, used = _tensor_data(tensor, where, binary, 0)
+    if binary is not None and used != len(binary):
+        raise MalformedRequestError(
+            f"the body has {len(binary) - used:,} bytes of binary data that no input's "
+            "parameters.binary_data_size claims"
+        )
+    if raw is None and not isinstance(data, list):
         raise MalformedRequestError("inputs[0].data must be a list")
     n = shape[0]
     if n == 0:
         raise MalformedRequestError("inputs[0] holds 0 images: send at least one")
     if n > limits.max_instances:
         raise TooManyInstancesError(f"{n} images, at most {limits.max_instances} per request")
-    where = "inputs[0]"
     if datatype == "BYTES":
         if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
             raise WrongShapeError(f"{where}: BYTES shape must be [n], got {shape}")
-        if len(data) != n:
-            raise ShapeMismatchError(
-                f"{where}: shape {shape} needs {n} elements, data has {len(data)}"
+        if raw is not None:
+            images = np.stack([
+                _decode(v, f"{where}[{i}]", spec, budget)
+                for i, v in enumerate(_binary_elements(raw, n, where))
+            ])  # fmt: skip
+        else:
+            if len(data) != n:
+                raise ShapeMismatchError(
+                    f"{where}: shape {shape} needs {n} elements, data has {len(data)}"
+                )
+            images = np.stack(
+                [_b64_image(v, f"{where}.data[{i}]", spec, budget) for i, v in enumerate(data)]
             )
-        images = np.stack(
-            [_b64_image(v, f"{where}.data[{i}]", spec, budget) for i, v in enumerate(data)]
-        )
     else:
-        arr = _numeric(data, where).reshape(-1)
-        if arr.size != math.prod(shape):
-            raise ShapeMismatchError(
-                f"{where}: shape {shape} needs {math.prod(shape)} values, data has {arr.size}"
-            )
+        if raw is not None:
+            dtype = BINARY_DTYPES[datatype]
+            need = math.prod(shape) * dtype.itemsize
+            if len(raw) != need:
+                raise ShapeMismatchError(
+                    f"{where}: shape {shape} of {datatype} needs {need:,} bytes, "
+                    f"binary_data_size is {len(raw):,}"
+                )
+            arr = np.frombuffer(raw, dtype=dtype)
+        else:
+            arr = _numeric(data, where).reshape(-1)
+            if arr.size != math.prod(shape):
+                raise ShapeMismatchError(
+                    f"{where}: shape {shape} needs {math.prod(shape)} values, data has {arr.size}"
+                )
         images = _pixels(arr.reshape(shape), where, spec, 255.0 if datatype == "UINT8" else 1.0)
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise MalformedRequestError("'id' must be a string")
     if request_id:
         check_request_id(request_id, "'id'", limits)
-    outputs = _requested_outputs(body.get("outputs"))
-    return images, request_id, outputs, name
+    binary_all = _flag(_parameters(body, "request"), "binary_data_output", "request")
+    outputs, binary_outputs = _requested_outputs(body.get("outputs"), bool(binary_all))
+    return V2Parsed(images, request_id, outputs, name, binary_outputs)
 
 
-def _requested_outputs(raw: Any) -> tuple[str, ...]:
+def _requested_outputs(
+    raw: Any, binary_all: bool = False
+) -> tuple[tuple[str, ...], frozenset[str]]:
+    """The outputs asked for, and those of them to answer in binary: each output's
+    ``parameters.binary_data``, else the request's ``parameters.binary_data_output``."""
     if raw is None or raw == []:
-        return OUTPUT_NAMES
+        return OUTPUT_NAMES, frozenset(OUTPUT_NAMES if binary_all else ())
     if not isinstance(raw, list) or not all(
         isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw
     ):
@@ -288,7 +409,12 @@ def _requested_outputs(raw: Any) -> tuple[str, ...]:
         raise UnknownOutputError(
             f"unknown output(s) {', '.join(unknown)}; this model has {', '.join(OUTPUT_NAMES)}"
         )
-    return names
+    binary = set()
+    for i, o in enumerate(raw):
+        own = _flag(_parameters(o, f"outputs[{i}]"), "binary_data", f"outputs[{i}]")
+        if own if own is not None else binary_all:
+            binary.add(o["name"])
+    return names, frozenset(binary)
 
 
 def parse_top_k(raw: Any, spec: ModelSpec, limits: Limits) -> int:
@@ -321,8 +447,13 @@ def parse_request(
     content_length: int | None = None,
     top_k: Any = None,
     request_id: str | None = None,
+    binary_header: str | None = None,
 ) -> Request:
-    """Turn one request body (bytes, decoded JSON or a multipart dict) into images."""
+    """Turn one request body (bytes, decoded JSON or a multipart dict) into images.
+
+    ``binary_header`` is the request's Inference-Header-Content-Length: the body is then a
+    v2 JSON header of that many bytes followed by the inputs' binary data. A RequestError
+    raised once the body is known to be v1 or v2 has that ``protocol``."""
     if content_length is not None and content_length > limits.max_payload_bytes:
         raise PayloadTooLargeError(
             f"body of {content_length} bytes is over the limit of {limits.max_payload_bytes}"
@@ -337,6 +468,15 @@ def parse_request(
     if request_id:
         check_request_id(request_id, "X-Request-Id", limits)
     budget = limits.budget()
+    if binary_header is not None:
+        try:
+            body, binary = _split_binary(payload, binary_header)
+            k = parse_top_k(top_k, spec, limits)
+            v2 = _parse_v2(body, spec, limits, budget, binary)
+        except RequestError as err:
+            err.protocol = "v2"
+            raise
+        return _v2_request(v2, request_id, k)
     if isinstance(payload, str):
         if media.startswith("text/"):
             raise _unsupported(media)
@@ -373,15 +513,60 @@ def parse_request(
             for x in payload["inputs"]
         )
     ):
-        images = np.stack(_parse_v1(payload, spec, limits, budget))
+        try:
+            images = np.stack(_parse_v1(payload, spec, limits, budget))
+        except RequestError as err:
+            err.protocol = "v1"
+            raise
         return Request("v1", images, request_id or new_request_id(), k)
     if "inputs" in payload:
-        tensor, rid, outputs, name = _parse_v2(payload, spec, limits, budget)
-        return Request("v2", tensor, rid or request_id or new_request_id(), k, outputs, name)
+        try:
+            v2 = _parse_v2(payload, spec, limits, budget)
+        except RequestError as err:
+            err.protocol = "v2"
+            raise
+        return _v2_request(v2, request_id, k)
     raise MalformedRequestError(
         "a JSON body needs 'instances' (KServe v1) or 'inputs' (KServe v2); "
         f"got keys {sorted(payload)[:5]}"
     )
+
+
+def _v2_request(v2: V2Parsed, request_id: str | None, top_k: int) -> Request:
+    rid = v2.request_id or request_id or new_request_id()
+    return Request("v2", v2.images, rid, top_k, v2.outputs, v2.input_name,
+                   binary_outputs=v2.binary_outputs)  # fmt: skip
+
+
+def _split_binary(payload: Any, header: str) -> tuple[dict[str, Any], bytes]:
+    """A binary tensor data body: its JSON header (decoded) and the binary data after it."""
+    if not header.strip().isdigit():
+        raise MalformedRequestError(f"{BINARY_HEADER} {header[:40]!r} is not a whole number")
+    length = int(header)
+    if isinstance(payload, dict):  # decoded by the server: nothing but JSON was sent
+        return payload, b""
+    if isinstance(payload, str):
+        payload = payload.encode()
+    if not isinstance(payload, bytes | bytearray):
+        raise MalformedRequestError(f"unexpected body of type {type(payload).__name__}")
+    raw = bytes(payload)
+    if length > len(raw):
+        raise MalformedRequestError(
+            f"{BINARY_HEADER} is {length:,}, beyond the body's {len(raw):,} bytes"
+        )
+    try:
+        body = json.loads(raw[:length])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedRequestError(
+            f"the body's first {length:,} bytes ({BINARY_HEADER}) are not valid JSON: {exc}"
+        ) from exc
+    except RecursionError as exc:
+        raise MalformedRequestError("body is nested too deeply") from exc
+    if not isinstance(body, dict) or "inputs" not in body:
+        raise MalformedRequestError(
+            f"with {BINARY_HEADER}, the JSON header must be a KServe v2 request with 'inputs'"
+        )
+    return body, raw[length:]
 
 
 def pick_upload(fields: dict[str, Any]) -> tuple[Any, str | None]:
@@ -412,31 +597,57 @@ def describe(spec: ModelSpec, probs: np.ndarray, top_k: int) -> dict[str, Any]:
     }
 
 
-def format_response(req: Request, probs: np.ndarray, spec: ModelSpec) -> dict[str, Any]:
-    """The answer to one parsed request, given its (n, classes) probabilities."""
+def _binary_bytes(values: list[str]) -> bytes:
+    """BYTES elements in binary: each a 4-byte little-endian length, then its bytes."""
+    out = bytearray()
+    for value in values:
+        raw = value.encode()
+        out += struct.pack("<I", len(raw)) + raw
+    return bytes(out)
+
+
+def format_answer(req: Request, probs: np.ndarray, spec: ModelSpec) -> tuple[dict[str, Any], bytes]:
+    """The answer to one parsed request, given its (n, classes) probabilities: the JSON body
+    and, for v2 outputs asked for in binary, the bytes that follow it (else b"")."""
     if req.protocol == "raw":
-        return {
+        body = {
             **describe(spec, probs[0], req.top_k),
             "model_version": spec.version,
             "request_id": req.request_id,
         }
+        return body, b""
     if req.protocol == "v1":
-        return {"predictions": [describe(spec, p, req.top_k) for p in probs]}
+        return {"predictions": [describe(spec, p, req.top_k) for p in probs]}, b""
     outputs = []
+    binary = bytearray()
     for name in req.outputs:
+        tensor: dict[str, Any]
         if name == "probabilities":
-            outputs.append({
-                "name": "probabilities", "datatype": "FP32", "shape": list(probs.shape),
-                "data": [float(x) for x in probs.reshape(-1)],
-            })  # fmt: skip
+            tensor = {"name": "probabilities", "datatype": "FP32", "shape": list(probs.shape)}
+            if name in req.binary_outputs:
+                raw = np.ascontiguousarray(probs, dtype="<f4").tobytes()
+            else:
+                tensor["data"] = [float(x) for x in probs.reshape(-1)]
         else:
-            outputs.append({
-                "name": "label", "datatype": "BYTES", "shape": [len(probs)],
-                "data": [spec.class_names[int(i)] for i in probs.argmax(axis=1)],
-            })  # fmt: skip
-    return {
+            labels = [spec.class_names[int(i)] for i in probs.argmax(axis=1)]
+            tensor = {"name": "label", "datatype": "BYTES", "shape": [len(probs)]}
+            if name in req.binary_outputs:
+                raw = _binary_bytes(labels)
+            else:
+                tensor["data"] = labels
+        if name in req.binary_outputs:
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            binary += raw
+        outputs.append(tensor)
+    body = {
         "model_name": spec.name,
         "model_version": spec.version,
         "id": req.request_id,
         "outputs": outputs,
     }
+    return body, bytes(binary)
+
+
+def format_response(req: Request, probs: np.ndarray, spec: ModelSpec) -> dict[str, Any]:
+    """The JSON body of ``format_answer`` (binary outputs are described, not included)."""
+    return format_answer(req, probs, spec)[0]

@@ -7,6 +7,7 @@ back with the answers so each runtime can put them in its own metrics.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -20,7 +21,14 @@ from atelier.runtime import metrics
 from atelier.runtime.errors import MalformedRequestError, RequestError, http_answer
 from atelier.runtime.features import all_features
 from atelier.runtime.inference import Classifier
-from atelier.runtime.protocol import Limits, Request, format_response, parse_request, pick_upload
+from atelier.runtime.protocol import (
+    BINARY_HEADER,
+    Limits,
+    Request,
+    format_answer,
+    parse_request,
+    pick_upload,
+)
 from atelier.runtime.records import FeatureSpool, make_records
 from atelier.runtime.settings import ServingSettings
 
@@ -39,6 +47,7 @@ class Item:
     request_id: str | None = None  # X-Request-Id, or the runtime's own id
     multipart: bool = False
     expect: str | None = None  # the protocol of the route, when the runtime knows it
+    binary_header: str | None = None  # Inference-Header-Content-Length (v2 binary data)
 
 
 @dataclass
@@ -47,6 +56,21 @@ class Outcome:
     body: dict[str, Any]
     protocol: str = "unknown"
     error: str | None = None  # the error type, for the error counter
+    headers: dict[str, str] = field(default_factory=dict)  # X-Atelier-Error on errors
+    binary: bytes | None = None  # v2 binary outputs: the bytes after the JSON body
+
+
+def encode(outcome: Outcome) -> tuple[bytes, dict[str, str]]:
+    """An answer's bytes and headers, for every runtime: JSON (``json.dumps``, the same bytes
+    on TorchServe and KServe), or with binary outputs the JSON header, then the binary data,
+    with Inference-Header-Content-Length."""
+    head = json.dumps(outcome.body).encode()
+    headers = {**outcome.headers, "Content-Type": "application/json"}
+    if outcome.binary is None:
+        return head, headers
+    headers["Content-Type"] = "application/octet-stream"
+    headers[BINARY_HEADER] = str(len(head))
+    return head + outcome.binary, headers
 
 
 @dataclass
@@ -66,6 +90,8 @@ def _guess_protocol(item: Item) -> str:
     """Label a refused request for the metrics: the route's protocol, else the body's look."""
     if item.expect:
         return item.expect
+    if item.binary_header is not None:
+        return "v2"  # the binary data extension is v2's
     payload = item.payload
     if item.multipart:
         return "raw"
@@ -78,8 +104,9 @@ def _guess_protocol(item: Item) -> str:
 
 
 def _refused(err: RequestError, item: Item) -> Outcome:
-    status, body = http_answer(err)
-    return Outcome(status, body, _guess_protocol(item), err.kind)
+    protocol = item.expect or err.protocol or _guess_protocol(item)
+    status, body, headers = http_answer(err, protocol)
+    return Outcome(status, body, protocol, err.kind, headers)
 
 
 class InferenceService:
@@ -115,12 +142,15 @@ class InferenceService:
             content_length=item.content_length,
             top_k=item.top_k,
             request_id=item.request_id,
+            binary_header=item.binary_header,
         )
         if item.expect and req.protocol != item.expect:
             names = {"raw": "an image", "v1": "KServe v1 JSON", "v2": "KServe v2 JSON"}
-            raise MalformedRequestError(
+            err = MalformedRequestError(
                 f"this endpoint takes {names[item.expect]}, the body is {names[req.protocol]}"
             )
+            err.protocol = item.expect
+            raise err
         return req
 
     def _spool(
@@ -166,9 +196,9 @@ class InferenceService:
             offset = 0
             for i, req in parsed:
                 n = len(req.images)
-                outcomes[i] = Outcome(
-                    200, format_response(req, probs[offset : offset + n], self.spec), req.protocol
-                )
+                body, binary = format_answer(req, probs[offset : offset + n], self.spec)
+                outcomes[i] = Outcome(200, body, req.protocol,
+                                      binary=binary if req.binary_outputs else None)  # fmt: skip
                 offset += n
             stats.images = len(batch)
             # Records only once every answer of the batch is made, so a record never exists

@@ -8,14 +8,13 @@ TorchServe's metrics API under the names atelier.runtime.metrics declares.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from atelier.runtime import metrics as m
 from atelier.runtime.errors import MODEL_LOAD_FAILED, AtelierError
-from atelier.runtime.service import BatchStats, InferenceService, Item, Outcome
+from atelier.runtime.service import BatchStats, InferenceService, Item, Outcome, encode
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +51,7 @@ def items(data: list[dict[str, Any]], context: Any) -> list[Item]:
             "content_length": int(length) if length.isdigit() else None,
             "top_k": headers.get("x-top-k"),
             "request_id": headers.get("x-request-id") or request_ids.get(i),
+            "binary_header": headers.get("inference-header-content-length"),
         }
         if "body" in row:
             out.append(Item(row["body"], **common))
@@ -63,7 +63,7 @@ def items(data: list[dict[str, Any]], context: Any) -> list[Item]:
 
 def handle(
     service: InferenceService, data: list[dict[str, Any]], context: Any, types: Any
-) -> list[str]:
+) -> list[bytes]:
     """Answer a TorchServe batch; ``types`` is TorchServe's MetricTypes enum."""
     outcomes, stats = service.handle(items(data, context))
     answers = []
@@ -71,8 +71,13 @@ def handle(
         context.set_response_status(
             code=outcome.status, phrase=PHRASES.get(outcome.status, "Error"), idx=i
         )
-        context.set_response_content_type(i, "application/json")
-        answers.append(json.dumps(outcome.body))
+        body, headers = encode(outcome)
+        for key, value in headers.items():
+            if key == "Content-Type":  # TorchServe reads it under its own key
+                context.set_response_content_type(i, value)
+            else:
+                context.set_response_header(i, key, value)
+        answers.append(body)
     dims = [service.spec.name, service.spec.version]
     emit(context.metrics, types, dims, outcomes, stats)
     return answers

@@ -24,8 +24,10 @@ larger body is read and dropped (or not read at all when the client sent
 ``Item`` and calls the ``kserve.Model`` (``Model.__call__``: preprocess -> predict ->
 postprocess, timed in KServe's ``request_*_seconds`` histograms). ``predict`` runs
 ``InferenceService.handle([item])`` on one worker thread and records the ``atelier_*`` metrics.
-The route answers the outcome's status with ``json.dumps(body)``: byte for byte what the
-TorchServe handler writes.
+The route answers the outcome's status with ``service.encode(outcome)``: byte for byte (and
+header for header) what the TorchServe handler writes, including the v2 binary tensor data
+extension (the ``Inference-Header-Content-Length`` header is passed on in the ``Item``, and
+the body is split by the shared parser, as on TorchServe).
 
 Binding. ``ModelServer.start()`` builds a ``RESTServer`` whose uvicorn config is hard-wired to
 ``host="0.0.0.0"`` and starts gRPC on 8081 by default. ``serve()`` therefore uses ModelServer
@@ -189,8 +191,8 @@ class ModelRuntime:
         from atelier.runtime.errors import http_answer
         from atelier.runtime.service import Outcome
 
-        status, body = http_answer(err)
-        outcome = Outcome(status, body, protocol or "unknown", err.kind)
+        status, body, headers = http_answer(err, protocol or "raw")
+        outcome = Outcome(status, body, protocol or "unknown", err.kind, headers)
         self.metrics.count(self.dims, [outcome])
         return outcome
 
@@ -314,6 +316,7 @@ def install_routes(app: Any, model: Any, runtime: ModelRuntime) -> None:
             "top_k": headers.get("x-top-k"),
             "request_id": headers.get("x-request-id") or None,
             "expect": expect,
+            "binary_header": headers.get("inference-header-content-length"),
         }
         content_type = headers.get("content-type")
         media = (content_type or "").split(";")[0].strip().lower()
@@ -324,13 +327,13 @@ def install_routes(app: Any, model: Any, runtime: ModelRuntime) -> None:
                 outcome = runtime.reject(
                     MalformedRequestError(f"multipart body: {exc.message}"), expect
                 )
-                return _json_response(outcome)
+                return _response(outcome)
             # As TorchServe: a multipart row has form fields, and no content type of its own.
             item = Item(fields, multipart=True, **common)
         else:
             item = Item(body, content_type=content_type, **common)
         outcome, _ = await model(item, headers=dict(headers))
-        return _json_response(outcome)
+        return _response(outcome)
 
     async def raw(request: Request) -> Response:
         return await answer(request, None)  # like TorchServe: any of the three protocols
@@ -351,11 +354,14 @@ def install_routes(app: Any, model: Any, runtime: ModelRuntime) -> None:
         app.add_route(path, endpoint, methods=["POST"])
 
 
-def _json_response(outcome: Outcome) -> Response:
+def _response(outcome: Outcome) -> Response:
     from starlette.responses import Response
 
-    # json.dumps as in the TorchServe handler, so both runtimes write the same bytes.
-    return Response(json.dumps(outcome.body), outcome.status, media_type="application/json")
+    from atelier.runtime.service import encode
+
+    # encode() as in the TorchServe handler, so both runtimes write the same bytes and headers.
+    body, headers = encode(outcome)
+    return Response(body, outcome.status, headers=headers)
 
 
 def serve(settings: ServerSettings, grace_period_s: int = 10) -> None:

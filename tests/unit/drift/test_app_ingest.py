@@ -49,6 +49,7 @@ def error(r: Any, status: int, kind: str) -> str:
     assert r.status_code == status, r.text
     body = r.json()
     assert set(body) == {"error"} and body["error"]["type"] == kind, body
+    assert r.headers["X-Atelier-Error"] == kind
     return str(body["error"]["message"])
 
 

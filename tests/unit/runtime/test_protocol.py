@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import uuid
 from typing import Any
 
@@ -36,6 +37,7 @@ from atelier.runtime.protocol import (
     Limits,
     Request,
     describe,
+    format_answer,
     format_response,
     parse_request,
     parse_top_k,
@@ -789,3 +791,177 @@ def test_pick_upload_then_parse() -> None:
     req = parse(payload, content_type=content_type)
     assert req.protocol == "raw"
     np.testing.assert_array_equal(req.images[0, 0], image(13))
+
+
+# --- the binary tensor data extension
+
+
+def binary_request(
+    tensor: dict[str, Any], raw: bytes, **extra: Any
+) -> tuple[bytes, dict[str, Any]]:
+    """A v2 body in binary form and the keyword arguments parse_request takes with it."""
+    header = json.dumps({"inputs": [tensor], **extra}).encode()
+    return header + raw, {"binary_header": str(len(header))}
+
+
+def binary_tensor(shape: list[int], datatype: str, size: int) -> dict[str, Any]:
+    return {"name": "input-0", "shape": shape, "datatype": datatype,
+            "parameters": {"binary_data_size": size}}  # fmt: skip
+
+
+def bytes_elements(*elements: bytes) -> bytes:
+    return b"".join(len(e).to_bytes(4, "little") + e for e in elements)
+
+
+def test_binary_uint8_gives_the_json_images() -> None:
+    pixels = np.stack([image(1), image(2)])
+    body, kw = binary_request(binary_tensor([2, 28, 28], "UINT8", pixels.size), pixels.tobytes())
+    req = parse(body, **kw)
+    assert req.protocol == "v2"
+    np.testing.assert_array_equal(req.images, parse(v2_body(pixels.tolist(), [2, 28, 28])).images)
+
+
+def test_binary_fp32_is_little_endian_and_scaled_as_json() -> None:
+    pixels = np.stack([image(3)])[:, None].astype("<f4") / 255
+    body, kw = binary_request(
+        binary_tensor([1, 1, 28, 28], "FP32", pixels.nbytes), pixels.tobytes()
+    )
+    expected = parse(v2_body(pixels.tolist(), [1, 1, 28, 28], "FP32")).images
+    np.testing.assert_array_equal(parse(body, **kw).images, expected)
+
+
+@pytest.mark.parametrize("content_type", [None, "application/json", "application/octet-stream"])
+def test_binary_bytes_are_whole_image_files(content_type: str | None) -> None:
+    raw = bytes_elements(png(4), png(5))
+    body, kw = binary_request(binary_tensor([2], "BYTES", len(raw)), raw, id="bin-1")
+    req = parse(body, content_type=content_type, **kw)
+    assert req.request_id == "bin-1"
+    expected = parse(v2_body([b64(png(4)), b64(png(5))], [2], "BYTES")).images
+    np.testing.assert_array_equal(req.images, expected)
+
+
+def test_binary_header_with_json_data_only() -> None:
+    header = json.dumps(v2_body(image(6)[None].tolist(), [1, 28, 28])).encode()
+    req = parse(header, binary_header=str(len(header)))
+    np.testing.assert_array_equal(req.images[0, 0], image(6))
+
+
+@pytest.mark.parametrize(
+    ("request_flag", "per_output", "binary"),
+    [
+        (None, None, set()),
+        (True, None, {"probabilities", "label"}),
+        (True, {"label": False, "probabilities": None}, {"probabilities"}),
+        (False, {"label": True}, {"label"}),
+        (None, {"probabilities": True}, {"probabilities"}),
+    ],
+)
+def test_binary_outputs_requested(
+    request_flag: bool | None, per_output: dict[str, bool | None] | None, binary: set[str]
+) -> None:
+    extra: dict[str, Any] = {}
+    if request_flag is not None:
+        extra["parameters"] = {"binary_data_output": request_flag}
+    if per_output is not None:
+        extra["outputs"] = [
+            {"name": name, **({} if flag is None else {"parameters": {"binary_data": flag}})}
+            for name, flag in per_output.items()
+        ]
+    req = parse(v2_body(image(0)[None].tolist(), [1, 28, 28], **extra))
+    assert req.binary_outputs == binary
+
+
+def test_format_answer_binary_outputs() -> None:
+    p = probs_for(3)
+    req = _req("v2", 3, binary_outputs=frozenset(OUTPUT_NAMES))
+    body, raw = format_answer(req, p, SPEC)
+    probs, label = body["outputs"]
+    assert "data" not in probs and "data" not in label
+    n_probs = probs["parameters"]["binary_data_size"]
+    assert n_probs == 3 * 10 * 4
+    np.testing.assert_array_equal(np.frombuffer(raw[:n_probs], "<f4").reshape(3, 10), p)
+    labels, pos = [], n_probs
+    while pos < len(raw):
+        size = int.from_bytes(raw[pos : pos + 4], "little")
+        labels.append(raw[pos + 4 : pos + 4 + size].decode())
+        pos += 4 + size
+    assert label["parameters"]["binary_data_size"] == len(raw) - n_probs
+    assert labels == [f"c{int(i)}" for i in p.argmax(axis=1)]
+    assert format_response(req, p, SPEC) == body
+
+
+def test_format_answer_json_has_no_binary() -> None:
+    assert format_answer(_req("v2", 1), probs_for(1), SPEC)[1] == b""
+
+
+PNG_ELEMENTS = bytes_elements(png(7))
+BINARY_ERRORS: list[tuple[str, bytes, str, type[RequestError], str]] = [
+    ("header not a number", b"{}", "ten", MalformedRequestError, "not a whole number"),
+    ("header beyond the body", b'{"inputs": []}', "999", MalformedRequestError, "beyond the body"),
+    ("header not JSON", b"\x89PNG....", "4", MalformedRequestError, "not valid JSON"),
+    ("header not v2", b'{"instances": [1]}', "18", MalformedRequestError, "v2 request"),
+    ("size beyond the data",
+     *binary_request(binary_tensor([1, 28, 28], "UINT8", 784), b"\0" * 700)[0:1],
+     "", MalformedRequestError, "binary_data_size is 784"),
+    ("size not the shape's",
+     *binary_request(binary_tensor([1, 28, 28], "UINT8", 700), b"\0" * 700)[0:1],
+     "", ShapeMismatchError, "needs 784 bytes"),
+    ("FP32 size of UINT8",
+     *binary_request(binary_tensor([1, 28, 28], "FP32", 784), b"\0" * 784)[0:1],
+     "", ShapeMismatchError, "needs 3,136 bytes"),
+    ("bytes left over",
+     *binary_request(binary_tensor([1, 28, 28], "UINT8", 784), b"\0" * 790)[0:1],
+     "", MalformedRequestError, "6 bytes of binary data"),
+    ("no binary_data_size and no data",
+     *binary_request({"name": "x", "shape": [1, 28, 28], "datatype": "UINT8"}, b"\0" * 784)[0:1],
+     "", MalformedRequestError, "binary_data_size"),
+    ("both data and size",
+     *binary_request({**binary_tensor([1], "BYTES", 4), "data": ["x"]}, b"\0" * 4)[0:1],
+     "", MalformedRequestError, "both data"),
+    ("size negative",
+     *binary_request(binary_tensor([1], "BYTES", -1), b"")[0:1],
+     "", MalformedRequestError, "non-negative integer"),
+    ("BYTES element truncated",
+     *binary_request(binary_tensor([1], "BYTES", len(PNG_ELEMENTS) - 5), PNG_ELEMENTS[:-5])[0:1],
+     "", MalformedRequestError, "element 0 declares"),
+    ("BYTES length truncated",
+     *binary_request(binary_tensor([1], "BYTES", 2), b"\1\0")[0:1],
+     "", MalformedRequestError, "truncated 4-byte length"),
+    ("BYTES count not the shape's",
+     *binary_request(binary_tensor([2], "BYTES", len(PNG_ELEMENTS)), PNG_ELEMENTS)[0:1],
+     "", ShapeMismatchError, "holds 1"),
+    ("BYTES element not an image",
+     *binary_request(binary_tensor([1], "BYTES", 12), bytes_elements(b"garbage!"))[0:1],
+     "", InvalidImageError, "inputs[0][0]"),
+    ("UINT8 binary wrong shape",
+     *binary_request(binary_tensor([1, 28, 27], "UINT8", 756), b"\0" * 756)[0:1],
+     "", WrongShapeError, "expected"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "body", "header", "error", "needle"), BINARY_ERRORS, ids=[c[0] for c in BINARY_ERRORS]
+)
+def test_binary_framing_errors(
+    case: str, body: bytes, header: str, error: type[RequestError], needle: str
+) -> None:
+    if not header:  # a well-framed header: the whole JSON before the binary part
+        header = str(body.index(b"}]}") + 3)
+    with pytest.raises(error, match=re.escape(needle)) as info:
+        parse(body, binary_header=header)
+    assert info.value.protocol == "v2"
+
+
+def test_binary_data_size_without_the_header() -> None:
+    with pytest.raises(MalformedRequestError, match="Inference-Header-Content-Length"):
+        parse({"inputs": [binary_tensor([1, 28, 28], "UINT8", 784)]})
+
+
+@pytest.mark.parametrize(
+    ("payload", "protocol"),
+    [({"instances": [7]}, "v1"), (v2_body([1], [1, 28, 28]), "v2"), ({"x": 1}, None)],
+)
+def test_request_errors_carry_the_protocol(payload: Any, protocol: str | None) -> None:
+    with pytest.raises(RequestError) as info:
+        parse(payload)
+    assert info.value.protocol == protocol

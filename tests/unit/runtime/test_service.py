@@ -13,7 +13,7 @@ import pytest
 from atelier.runtime.inference import Classifier
 from atelier.runtime.preprocess import encode_png
 from atelier.runtime.records import SCHEMA, FeatureSpool
-from atelier.runtime.service import STEPS, BatchStats, InferenceService, Item, Outcome
+from atelier.runtime.service import STEPS, BatchStats, InferenceService, Item, Outcome, encode
 from atelier.training.loop import RunResult
 
 pytestmark = pytest.mark.unit
@@ -273,7 +273,58 @@ def test_expected_protocol(classifier: Classifier, expect: str, payload: Any, ok
     if not ok:
         assert outcome.error == "malformed_request"
         assert outcome.protocol == expect
-        assert "endpoint" in outcome.body["error"]["message"]
+        assert outcome.headers == {"X-Atelier-Error": "malformed_request"}
+        # v2 (Open Inference Protocol) error bodies are a string; the others name the kind.
+        error = outcome.body["error"]
+        message = error if expect == "v2" else error["message"]
+        assert "endpoint" in message
+
+
+def test_error_answers_carry_the_kind_in_a_header(classifier: Classifier) -> None:
+    items = [
+        Item(b"garbage", content_type="image/png"),
+        Item({"instances": [7]}),
+        Item({"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": [5]}]}),
+        Item(b"{}", binary_header="99"),
+    ]
+    outcomes, _ = InferenceService(classifier).handle(items)
+    assert [o.protocol for o in outcomes] == ["raw", "v1", "v2", "v2"]
+    for outcome in outcomes:
+        body, headers = encode(outcome)
+        assert headers["X-Atelier-Error"] == outcome.error
+        assert headers["Content-Type"] == "application/json"
+        assert json.loads(body) == outcome.body
+        if outcome.protocol == "v2":
+            assert isinstance(outcome.body["error"], str) and outcome.body["error"]
+        else:
+            assert outcome.body["error"]["type"] == outcome.error
+
+
+def test_binary_request_and_answer(classifier: Classifier) -> None:
+    """A v2 request in binary (BYTES of PNG files) with binary outputs: the JSON answer's
+    classes, in the binary tensor data extension's framing."""
+    pngs = [png(20), png(21)]
+    raw = b"".join(len(p).to_bytes(4, "little") + p for p in pngs)
+    header = json.dumps({
+        "inputs": [{"name": "img", "shape": [2], "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(raw)}}],
+        "parameters": {"binary_data_output": True},
+    }).encode()  # fmt: skip
+    item = Item(header + raw, binary_header=str(len(header)))
+    as_json = Item({"inputs": [{"name": "img", "shape": [2], "datatype": "BYTES",
+                                "data": [b64(p) for p in pngs]}]})  # fmt: skip
+    (binary, plain), _ = InferenceService(classifier).handle([item, as_json])
+    assert binary.status == 200 and plain.status == 200
+    body, headers = encode(binary)
+    assert headers["Content-Type"] == "application/octet-stream"
+    length = int(headers["Inference-Header-Content-Length"])
+    head = json.loads(body[:length])
+    probs_size = head["outputs"][0]["parameters"]["binary_data_size"]
+    probs = np.frombuffer(body[length : length + probs_size], "<f4").reshape(2, 10)
+    expected = np.array(plain.body["outputs"][0]["data"]).reshape(2, 10)
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+    assert len(body) == length + probs_size + head["outputs"][1]["parameters"]["binary_data_size"]
+    assert encode(plain)[1] == {"Content-Type": "application/json"}
 
 
 def test_a_bad_bytes_element_fails_only_its_request(classifier: Classifier) -> None:

@@ -29,5 +29,5 @@ class AtelierHandler(BaseHandler):
         self.context = context
         self.initialized = True
 
-    def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:
         return self._torchserve.handle(self.service, data, context, MetricTypes)
