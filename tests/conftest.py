@@ -51,3 +51,10 @@ def tiny_overrides() -> Callable[..., list[str]]:
         return [f"{k}={v}" for k, v in base.items()]
 
     return make
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The image tests (marker podman) run last: `make test` builds their images in the
+    background (Makefile), and the rest of the suite is time the build needs not be waited
+    for. The sort is stable: every other test keeps its order."""
+    items.sort(key=lambda item: item.get_closest_marker("podman") is not None)
