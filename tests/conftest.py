@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from atelier.tools.paths import project_file
 from atelier.training.archive import ArchiveResult, archive_run
 from atelier.training.config import load_config
+from atelier.training.data.idx import load_fashion_mnist
 from atelier.training.loop import RunResult, train
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -51,6 +53,13 @@ def tiny_overrides() -> Callable[..., list[str]]:
         return [f"{k}={v}" for k, v in base.items()]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def test_images(fashion_mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST's 10,000 test images (N, 1, 28, 28 uint8) and labels, read once."""
+    data = load_fashion_mnist(fashion_mnist_dir)
+    return data["test_x"], data["test_y"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -52,6 +52,7 @@ they are gone), and the images and layer cache under ATELIER_PODMAN_HOME.
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
@@ -74,7 +75,6 @@ import yaml
 from atelier.runtime.inference import Classifier
 from atelier.runtime.preprocess import encode_png
 from atelier.tools.paths import project_file
-from atelier.training.data.idx import load_fashion_mnist
 from support.kube_play import (
     KUBE_NETWORK,
     Played,
@@ -461,12 +461,6 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def test_images(fashion_mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    data = load_fashion_mnist(fashion_mnist_dir)
-    return data["test_x"][:N_IMAGES], data["test_y"][:N_IMAGES]
-
-
-@pytest.fixture(scope="module")
 def published(training: Training, tmp_path_factory: pytest.TempPathFactory) -> Classifier:
     """The published .mar's model, run in this process: what the pod must answer."""
     out = tmp_path_factory.mktemp("mar")
@@ -540,8 +534,6 @@ def test_raw_png_serves_the_published_version(
 def test_kserve_v1(
     serving: Serving, test_images: tuple[np.ndarray, np.ndarray], published: Classifier
 ) -> None:
-    import base64
-
     x, _ = test_images
     batch = x[16:32]
     instances = [{"b64": base64.b64encode(encode_png(img)).decode()} for img in batch]

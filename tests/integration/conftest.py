@@ -5,26 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from atelier.tools.kserve import KServeRuntime, KServeSettings
 from atelier.tools.torchserve import TorchServe, TorchServeSettings
 from atelier.training.archive import ArchiveResult
-from atelier.training.data.idx import load_fashion_mnist
 
 MODEL = "fashion-mnist"
 
 
 def store_root(result: ArchiveResult) -> Path:
     return result.version_dir.parent.parent
-
-
-@pytest.fixture(scope="session")
-def test_images(fashion_mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST's 10,000 test images (N, 1, 28, 28 uint8) and labels, read once."""
-    data = load_fashion_mnist(fashion_mnist_dir)
-    return data["test_x"], data["test_y"]
 
 
 @pytest.fixture(scope="session")
