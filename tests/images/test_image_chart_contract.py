@@ -20,6 +20,8 @@ pytestmark = pytest.mark.chart
 
 ROOT = Path(__file__).resolve().parents[2]
 KIND_VALUES = ROOT / "charts/atelier/ci/raw-bundled-values.yaml"
+# The KServe runtime as the model server (serving.runtime=kserve), raw mode.
+KSERVE_RUNTIME_VALUES = ROOT / "charts/atelier/ci/raw-kserve-runtime-values.yaml"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -95,11 +97,12 @@ def env_of(c: dict[str, Any]) -> dict[str, str]:
 def test_pods_run_as_the_images_user(objects: list[dict[str, Any]]) -> None:
     uids = {
         dockerfile_runtime(f)["user"]
-        for f in ("training-job", "services/serving", "services/drift")
+        for f in ("training-job", "services/serving", "services/drift", "services/kserve")
     }
     assert len(uids) == 1
     uid = int(uids.pop().split(":")[0])
-    for name, spec in pod_specs(objects).items():
+    kserve = chart.helm_template([KSERVE_RUNTIME_VALUES])
+    for name, spec in {**pod_specs(objects), **pod_specs(kserve)}.items():
         images = [c["image"] for c in spec.get("containers", [])]
         if not any(i.startswith("atelier-") for i in images):
             continue
@@ -135,6 +138,29 @@ def test_serving_container_matches_the_image(objects: list[dict[str, Any]]) -> N
             if "=" in a:
                 flag, value = a.split("=", 1)
                 assert f"{flag} {value}" in args, f"chart passes another {flag}"
+
+
+def test_kserve_runtime_container_matches_the_image() -> None:
+    """The chart's command is the image's entrypoint with the image's flags (and the model,
+    the workers); its env agrees with the image's; its one port is the one the image exposes."""
+    image = dockerfile_runtime("services/kserve")
+    (c,) = container(chart.helm_template([KSERVE_RUNTIME_VALUES]), "atelier-kserve")
+    assert c["name"] == "kserve"
+    command = c["command"]
+    entry = image["entrypoint"]
+    assert command[: len(entry)] == entry, command
+    args = command[len(entry) :]
+    pairs = dict(zip(args[::2], args[1::2], strict=True))
+    image_flags = dict(a.split("=", 1) for a in image["cmd"])
+    for flag, value in image_flags.items():
+        assert pairs.get(flag) == value, f"chart passes {flag} {pairs.get(flag)!r}"
+    assert set(pairs) - set(image_flags) == {"--model-name", "--workers"}
+    env = env_of(c)
+    for key, value in image["env"].items():
+        if key in env:
+            assert env[key] == value, f"{key}: chart {env[key]!r}, image {value!r}"
+    assert "TMPDIR" in env, "the chart no longer sets TMPDIR"
+    assert {p["containerPort"] for p in c["ports"]} == image["expose"]
 
 
 def test_drift_container_matches_the_image(objects: list[dict[str, Any]]) -> None:

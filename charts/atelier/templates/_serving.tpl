@@ -343,14 +343,16 @@ version's archive into the drift sidecar's store folder (the layout load_referen
 {{- end -}}
 
 {{/*
-The KEDA triggers' query: monitoring/prometheus/queries/autoscaling.yml (inference_rate) with
-$namespace and $model filled in. Raw mode's ScaledObject and KServe's External metric use it.
+The KEDA triggers' query: monitoring/prometheus/queries/autoscaling.yml (inference_rate, or
+inference_rate_kserve for the KServe runtime) with $namespace and $model filled in. Raw mode's
+ScaledObject and KServe's External metric use it.
 */}}
 {{- define "atelier.kedaQuery" -}}
 {{- $doc := .Files.Get "files/prometheus/queries/autoscaling.yml" | fromYaml -}}
-{{- $q := dig "queries" "inference_rate" "" $doc -}}
+{{- $key := ternary "inference_rate_kserve" "inference_rate" (eq .Values.serving.runtime "kserve") -}}
+{{- $q := dig "queries" $key "" $doc -}}
 {{- if not $q -}}
-{{- fail "files/prometheus/queries/autoscaling.yml: no queries.inference_rate (run atelier chart sync)" -}}
+{{- fail (printf "files/prometheus/queries/autoscaling.yml: no queries.%s (run atelier chart sync)" $key) -}}
 {{- end -}}
 {{- $q | replace "$namespace" .Release.Namespace | replace "$model" .Values.model.name -}}
 {{- end -}}

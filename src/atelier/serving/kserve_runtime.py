@@ -93,6 +93,7 @@ class ServerSettings:
     port: int = 8080
     work_dir: Path | None = None  # the .mar is unzipped into a new folder in here (default: TMPDIR)
     serving: ServingSettings = field(default_factory=ServingSettings)
+    workers: int = 1  # model server processes (the chart passes --workers)
 
     @property
     def mar(self) -> Path:
@@ -113,6 +114,7 @@ class ServerSettings:
         parser.add_argument(
             "--work-dir", type=Path, help="where the .mar is unzipped (default: TMPDIR)"
         )
+        parser.add_argument("--workers", type=_workers, default=1, help="server processes")
         ns = parser.parse_args(argv)
         serving = ServingSettings.from_env()
         store: Path = ns.store.resolve()
@@ -125,13 +127,25 @@ class ServerSettings:
                     hint="run atelier archive first, or pass --model-name",
                 )
             name = str(json.loads(cur.read_text())["name"])
-        settings = cls(store, name, ns.host, ns.port, ns.work_dir, serving)
+        settings = cls(store, name, ns.host, ns.port, ns.work_dir, serving, ns.workers)
         if not settings.mar.is_file():
             raise ConfigError(
                 f"--model-name {name}: {settings.mar} does not exist",
                 hint="check --store and --model-name, or run atelier archive",
             )
         return settings
+
+
+def _workers(text: str) -> int:
+    """--workers: this server runs one process; the flag is accepted so that the chart's command
+    (serving.kserveRuntime.workers, default 1) is the same whatever the runtime's version."""
+    try:
+        workers = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers") from exc
+    if workers != 1:
+        raise argparse.ArgumentTypeError(f"{workers}: this runtime serves with 1 worker process")
+    return workers
 
 
 def _port(text: str) -> int:

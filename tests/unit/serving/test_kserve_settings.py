@@ -35,3 +35,12 @@ def test_a_bad_env_value_stops_the_start(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("ATELIER_MAX_INSTANCES", "lots")
     with pytest.raises(ConfigError, match="ATELIER_MAX_INSTANCES='lots'"):
         ServerSettings.from_args(["--store", str(store_with_mar(tmp_path / "store"))])
+
+
+def test_workers_is_a_flag(tmp_path: Path) -> None:
+    store = str(store_with_mar(tmp_path / "store"))
+    assert ServerSettings.from_args(["--store", store]).workers == 1
+    assert ServerSettings.from_args(["--store", store, "--workers", "1"]).workers == 1
+    with pytest.raises(SystemExit) as info:
+        ServerSettings.from_args(["--store", store, "--workers", "none"])
+    assert info.value.code == 2
