@@ -88,6 +88,9 @@ def test_workers_and_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert s.torch_threads == 4
     # A worker process gets its settings back from the flags the supervisor hands it.
     assert ServerSettings.from_args(s.to_argv()) == s
+    assert not s.access_log
+    s = ServerSettings.from_args(["--store", store, "--workers", "2", "--access-log"])
+    assert s.access_log and ServerSettings.from_args(s.to_argv()) == s
 
 
 @pytest.mark.parametrize(
