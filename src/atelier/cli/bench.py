@@ -32,18 +32,29 @@ def bench_serve(
     seconds: Annotated[float, typer.Option("--seconds", min=1.0, help="each wrk run")] = 5.0,
     concurrency: Annotated[list[int] | None, typer.Option("--concurrency", "-c", min=1)] = None,
     runtime: Annotated[
-        list[str] | None, typer.Option("--runtime", help="torchserve and/or kserve")
+        list[str] | None,
+        typer.Option(
+            "--runtime",
+            help="torchserve, kserve, and the peers kserve-model (a bare kserve.Model) and "
+            "fastapi (a plain FastAPI app); default: all four",
+        ),
+    ] = None,
+    kserve_workers: Annotated[
+        int | None,
+        typer.Option("--kserve-workers", min=1, help="KServe runtime processes (default: cores)"),
     ] = None,
 ) -> None:
-    """In-process limit against TorchServe and KServe under wrk; prints a table."""
+    """In-process limit against TorchServe, KServe and two peers under wrk; prints tables."""
     from atelier.runtime.errors import ConfigError
+    from atelier.tools.bench.serve import PEER_TARGETS
     from atelier.tools.bench.serve import bench_serve as run
 
-    runtimes = runtime or ["torchserve", "kserve"]
-    unknown = sorted(set(runtimes) - {"torchserve", "kserve"})
+    known = ["torchserve", "kserve", *PEER_TARGETS]
+    runtimes = runtime or known
+    unknown = sorted(set(runtimes) - set(known))
     if unknown:
-        raise ConfigError(f"--runtime {', '.join(unknown)}: choose torchserve or kserve")
-    run(store, out, seconds, concurrency or [1, 8, 32], runtimes)
+        raise ConfigError(f"--runtime {', '.join(unknown)}: choose {', '.join(known)}")
+    run(store, out, seconds, concurrency or [1, 8, 32], runtimes, kserve_workers)
 
 
 @bench_app.command("drift")
