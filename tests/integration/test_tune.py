@@ -31,7 +31,7 @@ TRIALS = 6
 SPACE = """\
 sampler: {name: random, seed: 24}
 pruner: {name: median, n_startup_trials: 1}
-heartbeat: {interval_seconds: 1, grace_seconds: 5}
+heartbeat: {interval_seconds: 1, grace_seconds: 10}
 params:
   optim.lr: {type: categorical, choices: [0.02, 1.0e-7]}
   model.dropout: {type: float, low: 0.0, high: 0.3}
