@@ -9,7 +9,7 @@ import logging
 
 import typer
 
-from atelier.cli import drift, loadtest, serving, training
+from atelier.cli import drift, loadtest, serving, training, tuning
 from atelier.cli.bench import bench_app
 from atelier.cli.chart import chart_app
 from atelier.cli.dashboards import dashboards_app
@@ -29,6 +29,8 @@ app.add_typer(chart_app, name="chart")
 
 app.command()(training.train)
 app.command()(training.archive)
+app.command()(tuning.tune)
+app.command("tune-worker", hidden=True)(tuning.tune_worker)
 app.command()(serving.serve)
 app.command(context_settings=drift.CONTEXT, add_help_option=False)(drift.drift)
 app.command()(training.samples)

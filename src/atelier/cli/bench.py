@@ -1,4 +1,4 @@
-"""`atelier bench train | serve | drift | capacity`: benchmarks that print a table."""
+"""`atelier bench train | tune | serve | drift | capacity`: benchmarks that print a table."""
 
 from __future__ import annotations
 
@@ -21,6 +21,28 @@ def bench_train(
     from atelier.tools.bench.train import bench_train as run
 
     run(configs, out)
+
+
+@bench_app.command("tune")
+def bench_tune(
+    config: Annotated[
+        Path, typer.Option("--config", help="base config, also the hand-tuned comparison")
+    ] = Path("training-job/configs/fashion-mnist.yaml"),
+    space: Annotated[
+        Path | None, typer.Option("--space", help="search space (default: the packaged one)")
+    ] = None,
+    trials: Annotated[int, typer.Option("--trials", help="trials in the search")] = 20,
+    workers: Annotated[int, typer.Option("--workers", help="worker processes")] = 2,
+    folds: Annotated[int | None, typer.Option("--folds", help="k-fold CV (k >= 2)")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override both arms: key.sub=value")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="where the runs go")] = Path("runs/bench-tune"),
+) -> None:
+    """A search with W workers against the hand-tuned config trained for as long (a table)."""
+    from atelier.tools.bench.tune import bench_tune as run
+
+    run(config, space, trials, workers, folds, set_ or [], out)
 
 
 @bench_app.command("serve")

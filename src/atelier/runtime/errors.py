@@ -104,6 +104,14 @@ class SLOBreachError(LoadTestError):
     kind = "slo_breach"
 
 
+class TuningError(AtelierError):
+    """`atelier tune` could not finish its search: trials left unrun (its workers exited) or
+    none completed."""
+
+    exit_code = 10
+    kind = "tuning_failed"
+
+
 # --- Serving: every bad request is one of these, answered with http_status (never a 5xx),
 # the kind in the X-Atelier-Error header, and the body http_answer builds for its protocol.
 
