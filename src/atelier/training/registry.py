@@ -346,11 +346,13 @@ def promote(
     prev_champion = reg.alias(name, CHAMPION)
     if prev_champion == reg_version and previous == version:
         return PromoteResult(name, version, reg_version, previous, prev_champion, False)
+    current_file = store / ops.CURRENT_FILE
+    saved = current_file.read_bytes() if current_file.is_file() else None
     reg.set_alias(name, CHAMPION, reg_version)  # a failure here changed nothing
     try:
         ops.publish(store, version)
     except BaseException as exc:
-        _roll_back(store, name, version, reg, reg_version, previous, prev_champion, exc)
+        _roll_back(store, name, version, reg, reg_version, (previous, saved), prev_champion, exc)
         raise  # _roll_back raises; this keeps type checkers sure
     if reg.alias(name, CHALLENGER) == reg_version:
         with contextlib.suppress(RegistryError):
@@ -364,12 +366,14 @@ def _roll_back(
     version: str,
     reg: Registry,
     reg_version: str,
-    previous: str | None,
+    before: tuple[str | None, bytes | None],
     prev_champion: str | None,
     cause: BaseException,
 ) -> None:
-    """The store failed after the alias moved: put both back, or say how to repair."""
+    """The store failed after the alias moved: put both back (the root's files republished
+    from the previous version, CURRENT.json byte for byte), or say how to repair."""
     ops = _store_ops()
+    previous, saved = before
     why = short_error(cause) if isinstance(cause, Exception) else type(cause).__name__
     problems = []
     try:
@@ -377,8 +381,11 @@ def _roll_back(
     except Exception as exc:
         problems.append(f"the registry's {CHAMPION} could not be put back ({short_error(exc)})")
     try:
-        if previous is not None:
+        if previous is not None and saved is not None:
             ops.publish(store, previous)
+            tmp = store / f".{ops.CURRENT_FILE}.tmp"
+            tmp.write_bytes(saved)
+            tmp.replace(store / ops.CURRENT_FILE)
         else:
             _unpublish(store, name)
     except Exception as exc:
