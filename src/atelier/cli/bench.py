@@ -1,4 +1,4 @@
-"""`atelier bench train | serve | drift | capacity`: benchmarks that print a table."""
+"""`atelier bench train | tracking | serve | drift | capacity`: benchmarks that print a table."""
 
 from __future__ import annotations
 
@@ -21,6 +21,26 @@ def bench_train(
     from atelier.tools.bench.train import bench_train as run
 
     run(configs, out)
+
+
+@bench_app.command("tracking")
+def bench_tracking(
+    config: Annotated[Path, typer.Option("--config", help="training config")] = Path(
+        "training-job/configs/smoke.yaml"
+    ),
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="runs with and without")] = 2,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option("--tracking-uri", help="track to this server (default: local SQLite)"),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="where the runs go")] = Path(
+        "runs/bench-tracking"
+    ),
+) -> None:
+    """`atelier train` with tracking off and on, alternated; prints the overhead."""
+    from atelier.tools.bench.tracking import bench_tracking as run
+
+    run(config, out, rounds, tracking_uri)
 
 
 @bench_app.command("serve")
