@@ -36,11 +36,15 @@ def bench_tracking(
     out: Annotated[Path, typer.Option("--out", help="where the runs go")] = Path(
         "runs/bench-tracking"
     ),
+    side_by_side: Annotated[
+        bool,
+        typer.Option("--side-by-side/--no-side-by-side", help="also run with tracking off"),
+    ] = True,
 ) -> None:
     """`atelier train` with tracking off and on, alternated; prints the overhead."""
     from atelier.tools.bench.tracking import bench_tracking as run
 
-    run(config, out, rounds, tracking_uri)
+    run(config, out, rounds, tracking_uri, side_by_side)
 
 
 @bench_app.command("serve")

@@ -32,6 +32,7 @@ from atelier.runtime.errors import (
     ModelVersionNotFoundError,
     RegistryError,
     RegistryStoreMismatchError,
+    TrackingUnreachableError,
     VersionNotPromotableError,
 )
 from atelier.training.tracking import connect, short_error
@@ -82,6 +83,11 @@ class Registry:
 
     @classmethod
     def connect(cls, uri: str) -> Registry:
+        # MLflow makes an empty SQLite store where none is: a registry is never made here.
+        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+            raise TrackingUnreachableError(
+                f"MLflow store {uri} does not exist", hint=f"pass --tracking-uri; {REGISTRY_FIX}"
+            )
         return cls(connect(uri, fix=REGISTRY_FIX), uri)
 
     def _guard(self, what: str, fn: Callable[[], Any]) -> Any:

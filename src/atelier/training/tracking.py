@@ -308,6 +308,8 @@ class RunRecord:
     experiment_name: str
     run_id: str
     status: str = "RUNNING"
+    # Wall seconds spent in tracking (start, every hook, the end): `atelier bench tracking`.
+    tracking_seconds: float = 0.0
 
     def write(self, run_dir: Path) -> None:
         tmp = run_dir / f".{TRACKING_FILE}.tmp"
@@ -336,6 +338,7 @@ class MlflowTracker:
     monitor: Any = None
     pending: list[Metric] = field(default_factory=list)
     lost: str | None = None  # the first failure since the last successful call
+    seconds: float = 0.0  # time spent in the hooks and at start and end
     missing: list[str] = field(default_factory=list)  # what could not be logged at all
 
     @property
@@ -344,6 +347,28 @@ class MlflowTracker:
 
     # -- the loop's hooks
     def data_loaded(self, identity: dict[str, Any]) -> None:
+        with self._timed():
+            self._data_loaded(identity)
+
+    def epoch_end(self, row: dict[str, Any]) -> None:
+        with self._timed():
+            self._log_metrics(
+                {k: float(row[k]) for k in EPOCH_METRICS if k in row}, step=row["epoch"]
+            )
+
+    def run_end(self, metrics: dict[str, Any], run_dir: Path) -> None:
+        with self._timed():
+            self._run_end(metrics, run_dir)
+
+    @contextlib.contextmanager
+    def _timed(self) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def _data_loaded(self, identity: dict[str, Any]) -> None:
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
         tags = data_tags(identity)
@@ -361,10 +386,7 @@ class MlflowTracker:
             lambda: self.client.log_inputs(self.run_id, [DatasetInput(dataset, [context])]),
         )
 
-    def epoch_end(self, row: dict[str, Any]) -> None:
-        self._log_metrics({k: float(row[k]) for k in EPOCH_METRICS if k in row}, step=row["epoch"])
-
-    def run_end(self, metrics: dict[str, Any], run_dir: Path) -> None:
+    def _run_end(self, metrics: dict[str, Any], run_dir: Path) -> None:
         self._log_metrics(final_metrics(metrics), step=int(metrics.get("epochs_run", 0)))
         gate = metrics.get("gate", {})
         self._call(
@@ -561,6 +583,8 @@ def _finish(tracker: MlflowTracker, status: str, error: BaseException | None, sa
     """Stop the monitor, send what is pending, set the final status; returns the status."""
     from mlflow.entities import RunTag
 
+    t0 = time.perf_counter()
+
     if tracker.monitor is not None:
         with contextlib.suppress(Exception):
             tracker.monitor.finish()
@@ -587,6 +611,7 @@ def _finish(tracker: MlflowTracker, status: str, error: BaseException | None, sa
     except Exception as exc:
         gaps.append(f"its final status {status} ({short_error(exc)}): it shows RUNNING")
         tracker.record.status = "UNKNOWN"
+    tracker.record.tracking_seconds = round(tracker.seconds + time.perf_counter() - t0, 3)
     with contextlib.suppress(OSError):
         tracker.record.write(tracker.run_dir)
     tracker.missing = gaps
@@ -606,6 +631,7 @@ def tracked_run(
     if settings.mode == "off":
         yield None
         return
+    t0 = time.perf_counter()
     try:
         tracker = _open_run(settings, cfg, run_dir, resume, say)
     except TrackingError as exc:
@@ -617,6 +643,7 @@ def tracked_run(
         )
         yield None
         return
+    tracker.seconds += time.perf_counter() - t0
     status = "FAILED"
     error: BaseException | None = None
     try:

@@ -246,6 +246,12 @@ def test_archive_with_an_unreachable_registry_writes_nothing(
         archive_run(tracked_run, store, tracking_uri=uri)
     assert uri in err.value.one_line() and "--no-register" in err.value.one_line()
     assert not store.exists()
+    # A SQLite store that is not there is not made (MLflow would make an empty one).
+    missing = tmp_path / "elsewhere" / "mlflow.db"
+    missing.parent.mkdir()
+    with pytest.raises(TrackingUnreachableError, match="does not exist"):
+        archive_run(tracked_run, store, tracking_uri=f"sqlite:///{missing}")
+    assert not missing.exists() and not store.exists()
     result = archive_run(tracked_run, store, register=False, say=lambda _: None)
     assert result.registry is None and "registry" not in card(store, result.version)
 

@@ -221,3 +221,24 @@ def test_metrics_lost_mid_run_are_sent_again_or_named(
         tracker.client = dead
         tracker.epoch_end(row)
     assert "shows RUNNING" in err.value.message and str(out) in err.value.one_line()
+
+
+def test_resume_continues_the_same_run(
+    tmp_path: Path, store_uri: str, tiny_overrides: Callable[..., list[str]]
+) -> None:
+    out = tmp_path / "run"
+    # A tiny time budget stops the first run after one epoch, like an interrupted Job.
+    first = load_config(None, tiny_overrides(train__epochs=2, train__time_budget_seconds=0.001))
+    with tracked_run(settings(store_uri), first, out) as tracker:
+        train(first, out, tracker=tracker)
+    run_id = RunRecord.read(out).run_id  # type: ignore[union-attr]
+    (out / "metrics.json").unlink()  # an interrupted run has no metrics.json yet
+    again = load_config(None, tiny_overrides(train__epochs=2))
+    with tracked_run(settings(store_uri), again, out, resume=True) as tracker:
+        train(again, out, resume=True, tracker=tracker)
+    client, record, run = run_of(out)
+    assert record.run_id == run_id and run.info.status == "FINISHED"  # type: ignore[attr-defined]
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [1, 2]
+    data = run.data  # type: ignore[attr-defined]
+    assert data.params["train.time_budget_seconds"] == "0.001"
+    assert data.tags["atelier.resumed.train.time_budget_seconds"] == "None"
