@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make demo: smoke training -> archive into the model store -> TorchServe -> Prometheus and
+# make demo: smoke training (tracked in MLflow) -> archive into the model store (registered
+# in MLflow's Model Registry as @champion) -> TorchServe -> Prometheus and
 # Alertmanager -> classify real test images with curl over raw, multipart, KServe v1 and v2
 # -> drift sidecar, clean then shifted traffic -> alerts -> dashboard snapshots -> stop.
 # Every step is the real component, on 127.0.0.1.
@@ -18,13 +19,34 @@ RUN=runs/demo-smoke
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "train the smoke config ($RUN)"
+step "train the smoke config ($RUN), tracked in MLflow (runs/mlflow.db, beside the run folder)"
 rm -rf "$RUN"
 $BIN/atelier train --config training-job/configs/smoke.yaml --out "$RUN"
 
-step "archive it as a new version in model-store/"
+step "the tracked run, read back through MLflow's client"
+$BIN/python - "$RUN" <<'PY'
+import json, sys, logging
+from pathlib import Path
+from mlflow import MlflowClient
+logging.getLogger("mlflow").setLevel(logging.WARNING)
+rec = json.loads((Path(sys.argv[1]) / "mlflow.json").read_text())
+client = MlflowClient(rec["tracking_uri"])
+run = client.get_run(rec["run_id"])
+m, t = run.data.metrics, run.data.tags
+print(f"  run {rec['run_id']} ({run.info.status}) in experiment {rec['experiment_name']!r}")
+print(f"  {len(run.data.params)} params, e.g. optim.lr={run.data.params['optim.lr']} train.epochs={run.data.params['train.epochs']}")
+val = [round(x.value, 4) for x in client.get_metric_history(rec["run_id"], "val_accuracy")]
+print(f"  val_accuracy per epoch {val}; test_accuracy {m['test_accuracy']}, weighted F1 {m['test_f1_weighted']}")
+print(f"  system metrics: {sorted(k for k in m if k.startswith('system/'))[:3]} ...")
+print(f"  tags: git {t['atelier.git_commit'][:12]}, data {t['atelier.data.digest'][:12]} ({t['atelier.data.sizes']}), gate {t['atelier.gate']}")
+print(f"  artifacts: {', '.join(a.path for a in client.list_artifacts(rec['run_id']))}")
+PY
+
+step "archive it as a new version in model-store/, registered in the MLflow Model Registry"
 $BIN/atelier archive "$RUN" --store model-store
 cat model-store/CURRENT.json; echo
+$BIN/atelier models list --store model-store
+echo "  MLflow UI: $BIN/mlflow ui --backend-store-uri sqlite:///$PWD/runs/mlflow.db --port 5000  (then http://127.0.0.1:5000)"
 
 step "start TorchServe on 127.0.0.1:$PORT (feature spool: $SPOOL)"
 rm -rf "$SPOOL" runs/demo-drift
@@ -191,4 +213,5 @@ step "stop TorchServe (pid $SERVE_PID)"
 kill -TERM $SERVE_PID
 wait $SERVE_PID || true
 trap - EXIT
-echo "demo done: run folder $RUN (confusion_matrix.png, training_curves.png, augmentation.png)"
+echo "demo done: run folder $RUN (confusion_matrix.png, training_curves.png, augmentation.png, model_card.md)"
+echo "  its MLflow run and registry: $BIN/mlflow ui --backend-store-uri sqlite:///$PWD/runs/mlflow.db --port 5000"

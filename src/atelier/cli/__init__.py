@@ -9,10 +9,11 @@ import logging
 
 import typer
 
-from atelier.cli import drift, loadtest, serving, training, tuning
+from atelier.cli import drift, loadtest, models, serving, training, tuning
 from atelier.cli.bench import bench_app
 from atelier.cli.chart import chart_app
 from atelier.cli.dashboards import dashboards_app
+from atelier.cli.models import models_app
 from atelier.cli.monitoring import monitoring_app
 from atelier.runtime.errors import exit_on_error
 
@@ -26,11 +27,13 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(monitoring_app, name="monitoring")
 app.add_typer(dashboards_app, name="dashboards")
 app.add_typer(chart_app, name="chart")
+app.add_typer(models_app, name="models")
 
 app.command()(training.train)
 app.command()(training.archive)
 app.command()(tuning.tune)
 app.command("tune-worker", hidden=True)(tuning.tune_worker)
+app.command()(models.promote)
 app.command()(serving.serve)
 app.command(context_settings=drift.CONTEXT, add_help_option=False)(drift.drift)
 app.command()(training.samples)

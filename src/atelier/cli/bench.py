@@ -1,4 +1,4 @@
-"""`atelier bench train | tune | serve | drift | capacity`: benchmarks that print a table."""
+"""`atelier bench train | tune | tracking | serve | drift | capacity`: tables of measurements."""
 
 from __future__ import annotations
 
@@ -43,6 +43,30 @@ def bench_tune(
     from atelier.tools.bench.tune import bench_tune as run
 
     run(config, space, trials, workers, folds, set_ or [], out)
+
+
+@bench_app.command("tracking")
+def bench_tracking(
+    config: Annotated[Path, typer.Option("--config", help="training config")] = Path(
+        "training-job/configs/smoke.yaml"
+    ),
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="runs with and without")] = 2,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option("--tracking-uri", help="track to this server (default: local SQLite)"),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="where the runs go")] = Path(
+        "runs/bench-tracking"
+    ),
+    side_by_side: Annotated[
+        bool,
+        typer.Option("--side-by-side/--no-side-by-side", help="also run with tracking off"),
+    ] = True,
+) -> None:
+    """`atelier train` with tracking off and on, alternated; prints the overhead."""
+    from atelier.tools.bench.tracking import bench_tracking as run
+
+    run(config, out, rounds, tracking_uri, side_by_side)
 
 
 @bench_app.command("serve")

@@ -23,22 +23,59 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="continue from --out's last checkpoint")
     ] = False,
+    tracking: Annotated[
+        str | None,
+        typer.Option(
+            "--tracking",
+            help="required | optional | off (env ATELIER_TRACKING; default required)",
+        ),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--tracking-uri",
+            help="MLflow tracking URI (env MLFLOW_TRACKING_URI; default "
+            "sqlite:///<parent of --out>/mlflow.db)",
+        ),
+    ] = None,
+    experiment: Annotated[
+        str | None,
+        typer.Option(
+            "--experiment", help="MLflow experiment (env MLFLOW_EXPERIMENT_NAME; default: name)"
+        ),
+    ] = None,
 ) -> None:
-    """Train, evaluate and gate a model; write a run folder."""
+    """Train, evaluate and gate a model; write a run folder; track it in MLflow."""
     from atelier.runtime.errors import ConfigError
     from atelier.training.config import load_config
+    from atelier.training.loop import check_out_dir
     from atelier.training.loop import train as run_train
+    from atelier.training.tracking import load_tracking_settings, tracked_run, ui_hint
 
     cfg = load_config(config, set_ or [])
     if resume and out is None:
         raise ConfigError("--resume needs --out: the run folder to continue")
     out_dir = out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = run_train(cfg, out_dir, resume=resume)
+    check_out_dir(out_dir, resume)
+    settings = load_tracking_settings(mode=tracking, uri=tracking_uri, experiment=experiment)
+    say = lambda line: typer.echo(line, err=True)  # noqa: E731
+    with tracked_run(settings, cfg, out_dir, resume=resume, say=say) as tracker:
+        result = run_train(cfg, out_dir, resume=resume, tracker=tracker)
     m = result.metrics
     typer.echo(
         f"run {result.run_dir}: test_accuracy={m['test_accuracy']:.4f} params={m['params']} "
         f"train_seconds={m['train_seconds']:.1f} gate=passed"
     )
+    if tracker is None:
+        typer.echo(
+            "tracked: nothing (tracking off)" if settings.mode == "off" else "tracked: nothing"
+        )
+    else:
+        rec = tracker.record
+        typer.echo(
+            f"tracked: MLflow run {rec.run_id} ({rec.status}) in experiment "
+            f"{rec.experiment_name!r} at {rec.tracking_uri}; {ui_hint(rec.tracking_uri)}"
+        )
 
 
 def archive(
@@ -54,14 +91,61 @@ def archive(
         list[str] | None,
         typer.Option("--serving", help="override the run's serving section: key=value"),
     ] = None,
+    register: Annotated[
+        bool,
+        typer.Option(
+            "--register/--no-register",
+            help="register a tracked run's version in its MLflow Model Registry",
+        ),
+    ] = True,
+    challenger: Annotated[
+        bool,
+        typer.Option(
+            "--challenger",
+            help="a candidate: alias `challenger` in the registry, the store's current "
+            "version unchanged (promote it later)",
+        ),
+    ] = False,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--tracking-uri",
+            envvar="MLFLOW_TRACKING_URI",
+            help="the registry's tracking URI (default: the one the run was tracked in)",
+        ),
+    ] = None,
+    storage_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--storage-uri",
+            help="the store root as serving reads it, for the registry's tag "
+            "(e.g. pvc://claim or s3://bucket/store; default file://<store>)",
+        ),
+    ] = None,
 ) -> None:
-    """Build a versioned .mar from a run into the model store and make it current."""
+    """Build a versioned .mar from a run into the model store, register it, make it current."""
     from atelier.training.archive import archive_run, serving_settings
 
     result = archive_run(
-        run_dir, store, version=version, name=name, serving=serving_settings(run_dir, serving or [])
+        run_dir,
+        store,
+        version=version,
+        name=name,
+        serving=serving_settings(run_dir, serving or []),
+        register=register,
+        tracking_uri=tracking_uri,
+        storage_uri=storage_uri,
+        challenger=challenger,
+        say=lambda line: typer.echo(line, err=True),
     )
-    typer.echo(f"archived {result.name} version {result.version} -> {result.version_dir} (current)")
+    state = "current" if result.current else "not current"
+    typer.echo(f"archived {result.name} version {result.version} -> {result.version_dir} ({state})")
+    if result.registry is not None:
+        alias = "challenger" if challenger else "champion"
+        typer.echo(
+            f"registered {result.registry.name} version {result.registry.version} "
+            f"(@{alias}, run {result.registry.run_id}) in {result.registry.tracking_uri}"
+        )
 
 
 def samples(

@@ -77,6 +77,47 @@ class VersionExistsError(ArchiveError):
     kind = "version_exists"
 
 
+class TrackingError(AtelierError):
+    """The MLflow tracking store cannot be reached or refused a call; nothing is half-logged
+    without saying so."""
+
+    exit_code = 10
+    kind = "tracking_error"
+
+
+class TrackingUnreachableError(TrackingError):
+    """The tracking URI does not answer when a run starts."""
+
+    kind = "tracking_unreachable"
+
+
+class RegistryError(AtelierError):
+    """The MLflow Model Registry and the model store cannot be changed as asked."""
+
+    exit_code = 11
+    kind = "registry_error"
+
+
+class ModelVersionNotFoundError(RegistryError):
+    """A version that is not in the store (or not in the registry)."""
+
+    kind = "version_not_found"
+
+
+class VersionNotPromotableError(RegistryError):
+    """A version that failed its quality gate, or whose store copy and registry entry do not
+    point at each other."""
+
+    kind = "version_not_promotable"
+
+
+class RegistryStoreMismatchError(RegistryError):
+    """A promotion stopped between the registry and the store and could not be rolled back;
+    the message says what each one holds and the command that repairs it."""
+
+    kind = "registry_store_mismatch"
+
+
 class ServerError(AtelierError):
     """A server the project starts (TorchServe, ...) failed to start or to get ready."""
 
@@ -108,7 +149,7 @@ class TuningError(AtelierError):
     """`atelier tune` could not finish its search: trials left unrun (its workers exited) or
     none completed."""
 
-    exit_code = 10
+    exit_code = 12
     kind = "tuning_failed"
 
 

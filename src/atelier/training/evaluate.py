@@ -36,6 +36,15 @@ def per_class_report(cm: np.ndarray, class_names: list[str]) -> dict[str, dict[s
     }
 
 
+def weighted_means(per_class: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Precision, recall and F1 averaged over the classes, weighted by their support."""
+    total = sum(c["support"] for c in per_class.values())
+    return {
+        key: round(sum(c[key] * c["support"] for c in per_class.values()) / max(total, 1), 6)
+        for key in ("precision", "recall", "f1")
+    }
+
+
 @torch.inference_mode()
 def _accuracy_of(clf: Classifier, x: np.ndarray, y: np.ndarray, transform: Any, seed: int) -> float:
     gen = torch.Generator().manual_seed(seed)

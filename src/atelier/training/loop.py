@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -26,8 +26,17 @@ from atelier.runtime.preprocess import normalize
 from atelier.training.config import TrainConfig, dump_config
 from atelier.training.data import Splits, load_splits
 from atelier.training.data.augment import augment_batch
-from atelier.training.evaluate import confusion_matrix, per_class_report, robustness
+from atelier.training.evaluate import (
+    confusion_matrix,
+    per_class_report,
+    robustness,
+    weighted_means,
+)
+from atelier.training.model_card import write_model_card
 from atelier.training.plots import augmentation_grid_png, confusion_matrix_png, training_curves_png
+
+if TYPE_CHECKING:
+    from atelier.training.tracking import Tracker
 
 REFERENCE_FILE = "reference_profile.csv"
 METRICS_FILE = "metrics.json"
@@ -99,7 +108,8 @@ def _evaluate_loss_acc(
     return total_loss / len(x), correct / len(x)
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
+    """The checkout's commit, or "unknown" (an installed package, an image)."""
     import subprocess
 
     try:
@@ -135,26 +145,8 @@ def _check_resume(cfg: TrainConfig, saved: dict[str, Any]) -> None:
         )
 
 
-# Called after every epoch with the epoch number and its metrics.jsonl row; an exception it
-# raises stops the run (`atelier tune` reports to Optuna here and prunes by raising).
-EpochCallback = Callable[[int, dict[str, Any]], None]
-
-
-def train(
-    cfg: TrainConfig,
-    out_dir: Path,
-    resume: bool = False,
-    *,
-    splits: Splits | None = None,
-    on_epoch_end: EpochCallback | None = None,
-) -> RunResult:
-    """Train per ``cfg`` into ``out_dir``. Raises GateFailedError below the quality gate.
-
-    ``splits`` replaces the data ``cfg.data`` names (`atelier tune`: cached data, k-fold
-    splits); ``on_epoch_end`` is called after each epoch's checkpoint is written."""
-    threads = cfg.train.threads or max(1, os.cpu_count() or 1)
-    torch.set_num_threads(threads)
-    seed_everything(cfg.train.seed)
+def check_out_dir(out_dir: Path, resume: bool) -> None:
+    """A new run needs a folder without a finished run in it; --resume needs a checkpoint."""
     ckpt_path = out_dir / LAST_CHECKPOINT
     if resume and not ckpt_path.is_file():
         raise ConfigError(
@@ -164,11 +156,40 @@ def train(
         raise ConfigError(
             f"{out_dir} already holds a finished run", hint="pick a new --out or use --resume"
         )
+
+
+# Called after every epoch with the epoch number and its metrics.jsonl row; an exception it
+# raises stops the run (`atelier tune` reports to Optuna here and prunes by raising).
+EpochCallback = Callable[[int, dict[str, Any]], None]
+
+
+def train(
+    cfg: TrainConfig,
+    out_dir: Path,
+    resume: bool = False,
+    tracker: Tracker | None = None,
+    *,
+    splits: Splits | None = None,
+    on_epoch_end: EpochCallback | None = None,
+) -> RunResult:
+    """Train per ``cfg`` into ``out_dir``. Raises GateFailedError below the quality gate.
+
+    ``tracker`` (atelier.training.tracking) hears of the data, every epoch and the final
+    metrics and files, before the gate is applied. ``splits`` replaces the data ``cfg.data``
+    names (`atelier tune`: cached data, k-fold splits); ``on_epoch_end`` is called after each
+    epoch's checkpoint is written."""
+    threads = cfg.train.threads or max(1, os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    seed_everything(cfg.train.seed)
+    ckpt_path = out_dir / LAST_CHECKPOINT
+    check_out_dir(out_dir, resume)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "checkpoints").mkdir(exist_ok=True)
 
     splits = splits or load_splits(cfg.data, cfg.train.seed)
     console.print(f"data: {cfg.data.source} {splits.sizes()} classes={len(splits.class_names)}")
+    if tracker is not None:
+        tracker.data_loaded(splits.identity)
     mean, std = _channel_stats(splits.train_x)
     spec = ModelSpec(
         arch=cfg.model.arch,
@@ -267,8 +288,11 @@ def train(
                 "val_accuracy": round(val_acc, 6),
                 "lr": opt.param_groups[0]["lr"],
                 "epoch_seconds": round(epoch_seconds, 2),
+                "images_per_second": round(seen / max(epoch_seconds, 1e-9), 1),
             }
             history.append(row)
+            if tracker is not None:
+                tracker.epoch_end(row)
             with (out_dir / "metrics.jsonl").open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
             improved = val_acc > best_acc + cfg.train.min_delta
@@ -311,7 +335,7 @@ def train(
         train_seconds=round(train_seconds, 2),
         epochs_run=len(history),
         stop_reason=stop_reason,
-        git_commit=_git_commit(),
+        git_commit=git_commit(),
         name=cfg.name,
         arch=spec.arch,
         threads=threads,
@@ -321,6 +345,9 @@ def train(
     tmp = out_dir / (METRICS_FILE + ".tmp")
     tmp.write_text(json.dumps(metrics, indent=2))
     os.replace(tmp, out_dir / METRICS_FILE)
+    write_model_card(cfg, metrics, out_dir)
+    if tracker is not None:
+        tracker.run_end(metrics, out_dir)
     if not passed:
         raise GateFailedError(
             f"test accuracy {metrics['test_accuracy']:.4f} is below gate.min_accuracy "
@@ -365,6 +392,7 @@ def _evaluate_run(
         "val_accuracy": round(float((val_pred == splits.val_y).mean()), 6),
         "test_size": len(splits.test_y),
         "per_class": per_class_report(cm, clf.spec.class_names),
+        "weighted": weighted_means(per_class_report(cm, clf.spec.class_names)),
         "confusion_matrix": cm.tolist(),
         "robustness": robustness(clf, splits.test_x, splits.test_y, cfg.robustness, cfg.train.seed),
         "reference_profile": {

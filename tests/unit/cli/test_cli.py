@@ -20,6 +20,11 @@ pytestmark = pytest.mark.unit
 SMOKE = "training-job/configs/smoke.yaml"
 
 
+# These tests are about other failures: untracked, so no MLflow store is made for each
+# (tests/unit/training/test_tracking.py and tests/integration/test_mlflow.py cover tracking).
+UNTRACKED = {"ATELIER_TRACKING": "off"}
+
+
 def atelier(
     *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -30,7 +35,7 @@ def atelier(
         timeout=300,
         cwd=cwd or Path(__file__).resolve().parents[3],
         check=False,
-        env=None if env is None else {**os.environ, **env},
+        env={**os.environ, **UNTRACKED, **(env or {})},
     )
 
 
