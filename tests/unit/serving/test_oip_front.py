@@ -187,14 +187,24 @@ def test_malformed_http_is_a_400_and_the_front_keeps_serving(tmp_path: Path) -> 
 # --- the supervisor -----------------------------------------------------------------------
 
 
-def start_front(tmp_path: Path, port: int, child: str) -> subprocess.Popen[str]:
-    """The front as the serving image runs it (leading its process group), launching
-    ``python -c child``."""
+def start_front(
+    tmp_path: Path, port: int, child: str, leader: bool = True
+) -> subprocess.Popen[str]:
+    """The front launching ``python -c child``: as the serving image runs it (leading its
+    process group), or, ``leader=False``, inside this test's process group."""
     store = store_with_mar(tmp_path)
     cmd = [sys.executable, "-m", "atelier.serving.oip_front", "--store", str(store), "--port",
            str(port), "--grace", "5", "--launch", "--", sys.executable, "-c", child]  # fmt: skip
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
+                            start_new_session=leader)  # fmt: skip
+
+
+def kill(proc: subprocess.Popen[str], leader: bool = True) -> None:
+    if proc.poll() is None:
+        if leader:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
 
 
 def wait_listening(port: int, proc: subprocess.Popen[str], timeout: float = 60) -> None:
@@ -216,27 +226,40 @@ def alive(pid: int) -> bool:
     return True
 
 
-def test_sigterm_stops_the_launched_command_and_exits_0(tmp_path: Path) -> None:
+# Like TorchServe's launcher: a child of its own (its Java frontend), then wait.
+LAUNCHER = """
+import os, subprocess, sys, time
+inner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+open({pid_file!r}, "w").write(f"{{os.getpid()}} {{inner.pid}}")
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("leader", [True, False], ids=["group-leader", "in-a-group"])
+def test_sigterm_stops_the_launched_command_and_its_children_and_exits_0(
+    tmp_path: Path, leader: bool
+) -> None:
     pid_file = tmp_path / "child.pid"
-    child = (
-        f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
-    )
     port = free_port()
-    proc = start_front(tmp_path, port, child)
+    proc = start_front(tmp_path, port, LAUNCHER.format(pid_file=str(pid_file)), leader)
     try:
         wait_listening(port, proc)
         deadline = time.monotonic() + 30
-        while not pid_file.exists() or not pid_file.read_text():
+        while not pid_file.exists() or len(pid_file.read_text().split()) != 2:
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        child_pid = int(pid_file.read_text())
+        pids = [int(p) for p in pid_file.read_text().split()]
+        assert all(alive(pid) for pid in pids)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill(proc, leader)
     assert proc.returncode == 0, out
-    assert not alive(child_pid)
+    assert "stopping: no new connections" in out and "stopped" in out
+    deadline = time.monotonic() + 5  # the inner child may still be reaped by init
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in pids), out
 
 
 def test_when_the_launched_command_exits_the_front_exits_non_zero(tmp_path: Path) -> None:
@@ -245,8 +268,7 @@ def test_when_the_launched_command_exits_the_front_exits_non_zero(tmp_path: Path
     try:
         out, _ = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill(proc)
     assert proc.returncode == 6, out
     assert f"{sys.executable} exited with 3; the front stops" in out
 
@@ -260,8 +282,7 @@ def test_a_port_in_use_stops_the_launched_command_and_exits_non_zero(tmp_path: P
         try:
             out, _ = proc.communicate(timeout=60)
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+            kill(proc)
     assert proc.returncode == 6, out
     assert f"cannot listen on 127.0.0.1:{port}" in out
     with pytest.raises(ProcessLookupError):
