@@ -61,8 +61,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, HttpVersion11, TCPConnector, web
+from aiohttp import (
+    ClientError,
+    ClientSession,
+    ClientTimeout,
+    DummyCookieJar,
+    HttpVersion11,
+    TCPConnector,
+    web,
+)
 from multidict import CIMultiDict
+from yarl import URL
 
 import atelier
 from atelier.runtime import oip
@@ -268,6 +277,8 @@ class Front:
         connector = TCPConnector(limit=0, keepalive_timeout=60.0)
         self._session = ClientSession(
             connector=connector,
+            # A proxy keeps no cookies: one client's must never reach another's request.
+            cookie_jar=DummyCookieJar(),
             auto_decompress=False,
             timeout=ClientTimeout(total=None, sock_connect=5.0),
             skip_auto_headers=NO_AUTO_HEADERS,
@@ -354,7 +365,7 @@ class Front:
         try:
             async with self.session.request(
                 request.method,
-                self.s.upstream + target,
+                URL(self.s.upstream + target, encoded=True),  # the path as the client sent it
                 headers=headers,
                 data=data,
                 allow_redirects=False,

@@ -6,6 +6,7 @@ tests/integration/test_oip_front.py."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -86,24 +87,105 @@ def test_a_store_without_one_archive_needs_a_model_name(tmp_path: Path) -> None:
 # --- a real front whose TorchServe is down --------------------------------------------------
 
 
-def run_front(tmp_path: Path, scenario: Callable[[str], Awaitable[None]], **settings: Any) -> None:
-    """Serve a Front (TorchServe and its management API on closed ports) on 127.0.0.1 and run
-    ``scenario(base_url)`` against it."""
+def run_front(
+    tmp_path: Path,
+    scenario: Callable[[str], Awaitable[None]],
+    upstream: web.Application | None = None,
+    upstream_host: str = "127.0.0.1",
+    **settings: Any,
+) -> None:
+    """Serve a Front on 127.0.0.1 and run ``scenario(base_url)`` against it. TorchServe's
+    inference port (on ``upstream_host``) serves ``upstream`` (default: nothing listens),
+    its management port nothing."""
     store = store_with_mar(tmp_path)
     s = FrontSettings(store=store, model_name="m", port=free_port(),
-                      upstream=f"http://127.0.0.1:{free_port()}",
+                      upstream=f"http://{upstream_host}:{free_port()}",
                       management=f"http://127.0.0.1:{free_port()}", **settings)  # fmt: skip
 
     async def main() -> None:
-        runner = web.AppRunner(Front(s, SPEC).app(), access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, s.host, s.port).start()
+        runners = []
+        if upstream is not None:
+            runners.append(web.AppRunner(upstream, access_log=None, handle_signals=False))
+            await runners[-1].setup()
+            port = int(s.upstream.rsplit(":", 1)[1])
+            await web.TCPSite(runners[-1], "127.0.0.1", port).start()
+        runners.append(web.AppRunner(Front(s, SPEC).app(), access_log=None, handle_signals=False))
+        await runners[-1].setup()
+        await web.TCPSite(runners[-1], s.host, s.port).start()
         try:
             await scenario(f"http://{s.host}:{s.port}")
         finally:
-            await runner.cleanup()
+            for runner in reversed(runners):
+                await runner.cleanup()
 
     asyncio.run(main())
+
+
+async def raw_exchange(base: str, request: bytes) -> tuple[bytes, dict[str, str], bytes]:
+    """Send ``request`` as bytes on a new connection: (status line, headers, body)."""
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    status, *lines = head.decode().split("\r\n")[:-2]
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    writer.close()
+    await writer.wait_closed()
+    return status.encode(), headers, body
+
+
+def echo_upstream() -> web.Application:
+    """A server behind the front that answers with what it received, an odd status and
+    reason, a header of its own and a cookie (the front must not keep it)."""
+
+    async def echo(request: web.Request) -> web.Response:
+        seen = {
+            "method": request.method,
+            "path": request.raw_path,
+            "headers": [[k.decode(), v.decode()] for k, v in request.raw_headers],
+            "body": (await request.read()).hex(),
+        }
+        answer = web.json_response(seen, status=207, reason="Echoed")
+        answer.headers["X-Upstream"] = "echo"
+        answer.set_cookie("session", "one-clients-secret")
+        return answer
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+def test_requests_and_answers_cross_the_front_as_sent(tmp_path: Path) -> None:
+    async def scenario(base: str) -> None:
+        body = bytes(range(256)) * 3
+        status, headers, answer = await raw_exchange(base, (
+            b"POST /predictions/m%2Fx/2?top=3&a=%20b HTTP/1.1\r\nHost: front.example\r\n"
+            b"Content-Type: image/png\r\nX-Request-Id: r-1\r\nX-Top-K: 3\r\n"
+            b"Inference-Header-Content-Length: 2\r\nConnection: keep-alive, X-Hop\r\n"
+            b"X-Hop: not forwarded\r\nKeep-Alive: timeout=5\r\nX-Twice: 1\r\nX-Twice: 2\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        ))  # fmt: skip
+        assert status == b"HTTP/1.1 207 Echoed"
+        assert headers["x-upstream"] == "echo"
+        assert headers["content-type"] == "application/json; charset=utf-8"
+        assert headers["set-cookie"].startswith("session=one-clients-secret")
+        seen = json.loads(answer)
+        assert (seen["method"], seen["path"]) == ("POST", "/predictions/m%2Fx/2?top=3&a=%20b")
+        assert bytes.fromhex(seen["body"]) == body
+        sent = [(k.lower(), v) for k, v in seen["headers"]]
+        assert [h for h in sent if h[0] not in ("host", "content-length")] == [
+            ("content-type", "image/png"), ("x-request-id", "r-1"), ("x-top-k", "3"),
+            ("inference-header-content-length", "2"), ("x-twice", "1"), ("x-twice", "2"),
+        ]  # fmt: skip
+        assert ("content-length", str(len(body))) in sent
+        # The cookie TorchServe (here: the echo) set is the client's business, not the next's.
+        status, _, answer = await raw_exchange(base, b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == b"HTTP/1.1 207 Echoed"
+        assert not [h for h in json.loads(answer)["headers"] if h[0].lower() == "cookie"]
+
+    # By name: aiohttp's default cookie jar keeps no cookie of an IP address anyway.
+    run_front(tmp_path, scenario, echo_upstream(), upstream_host="localhost")
 
 
 def test_torchserve_down_is_a_503_naming_it_and_the_front_keeps_answering(tmp_path: Path) -> None:
