@@ -134,7 +134,7 @@ def test_serving_runtime_protocols_ports_and_probes() -> None:
     front, launched = command[5 : command.index("--launch")], command[command.index("--launch") :]
     assert front == ["--host", "0.0.0.0", "--port", str(ports["http"]), "--store", "/mnt/models",
                      "--model-name", "fashion-mnist"]  # fmt: skip
-    assert launched[:4] == ["--launch", "--", "torchserve", "--start"]
+    assert launched[:7] == ["--launch", "--", "nice", "-n", "5", "torchserve", "--start"]
     assert "/mnt/models/config/config.properties" in launched
     assert e["TS_INFERENCE_ADDRESS"] == "http://127.0.0.1:8085"
     assert e["TS_METRICS_ADDRESS"] == f"http://0.0.0.0:{ports['metrics']}"

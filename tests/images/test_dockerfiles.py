@@ -359,7 +359,7 @@ def test_serving_image_reads_the_store_where_kserve_mounts_it() -> None:
     # tini, then the OIP front, which launches TorchServe (the command after --launch --).
     assert entry == ["tini", "--", "python", "-m", "atelier.serving.oip_front"]
     front, launched = cmd[: cmd.index("--launch")], cmd[cmd.index("--launch") + 1 :]
-    assert launched[:2] == ["--", "torchserve"]
+    assert launched[:5] == ["--", "nice", "-n", "5", "torchserve"]
     front_flags = dict(a.split("=", 1) for a in front)
     assert front_flags == {"--host": "0.0.0.0", "--port": "8080", "--store": "/mnt/models"}
     assert {"--start", "--foreground", "--ncs", "--disable-token-auth"} <= set(launched)

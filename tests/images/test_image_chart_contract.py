@@ -131,7 +131,8 @@ def test_serving_container_matches_the_image(objects: list[dict[str, Any]]) -> N
         rest, cmd = command[len(entry) :], image["cmd"]
         front, launched = rest[: rest.index("--launch")], rest[rest.index("--launch") :]
         image_front, image_launched = cmd[: cmd.index("--launch")], cmd[cmd.index("--launch") :]
-        assert launched[:3] == image_launched[:3] == ["--launch", "--", "torchserve"]
+        torchserve = ["--launch", "--", "nice", "-n", "5", "torchserve"]
+        assert launched[:6] == image_launched[:6] == torchserve
 
         def flags(args: list[str]) -> set[str]:
             return {a.split("=", 1)[0] for a in args if a.startswith("--")}

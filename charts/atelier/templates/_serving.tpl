@@ -50,7 +50,9 @@ the Open Inference Protocol's health and metadata routes (TorchServe 0.12 serves
 forwards every other request to TorchServe on 127.0.0.1, and launches and supervises
 TorchServe: if either exits, the container exits non-zero. tini forwards SIGTERM to the front
 alone (no -g), which stops listening, lets the requests in flight finish, then stops
-TorchServe and its workers. TorchServe's addresses come from its TS_* env vars below.
+TorchServe and its workers. TorchServe runs at niceness 5, so the front (a few percent of the
+CPU) is not queued behind busy workers. TorchServe's addresses come from its TS_* env vars
+below.
 */}}
 {{- define "atelier.torchserveCommand" -}}
 - tini
@@ -68,6 +70,9 @@ TorchServe and its workers. TorchServe's addresses come from its TS_* env vars b
 - {{ .Values.model.name }}
 - --launch
 - --
+- nice
+- -n
+- "5"
 - torchserve
 - --start
 - --foreground

@@ -45,6 +45,10 @@ class TorchServeSettings(ProcessSettings):
     # frontend (its graceful exit takes 4-6 s here), before what is left is killed. The image
     # gives 20 s; a local server (the tests' many) stops in about one.
     front_grace_s: float = 1.0
+    # Behind the front, TorchServe runs at this niceness, as in the serving image: the front
+    # (a few percent of the CPU) is then not queued behind busy workers, and a request waits
+    # in TorchServe's batch queue rather than in the front's.
+    torchserve_nice: int = 5
 
 
 class TorchServe(ServerProcess):
@@ -128,7 +132,8 @@ class TorchServe(ServerProcess):
         if not self.s.oip_front:
             return torchserve
         # TorchServe's workers import the atelier copy shipped in the .mar, not a checkout:
-        # env clears PYTHONPATH for TorchServe only, the front keeps the launcher's.
+        # env clears PYTHONPATH for TorchServe only, the front keeps the launcher's. nice: see
+        # TorchServeSettings.torchserve_nice.
         return [
             sys.executable,
             "-m",
@@ -151,6 +156,9 @@ class TorchServe(ServerProcess):
             "--",
             "env",
             "PYTHONPATH=",
+            "nice",
+            "-n",
+            str(self.s.torchserve_nice),
             *torchserve,
         ]
 
