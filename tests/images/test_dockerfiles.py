@@ -362,9 +362,14 @@ def test_serving_image_reads_the_store_where_kserve_mounts_it() -> None:
     runtime = stages(instructions)[-1]
     entry = exec_form(next(i for i in runtime if i.name == "ENTRYPOINT"))
     cmd = exec_form(next(i for i in runtime if i.name == "CMD"))
-    assert entry[:3] == ["tini", "-g", "--"] and entry[3] == "torchserve"
-    assert {"--start", "--foreground", "--ncs", "--disable-token-auth"} <= set(cmd)
-    flags = dict(a.split("=", 1) for a in cmd if "=" in a)
+    # tini, then the OIP front, which launches TorchServe (the command after --launch --).
+    assert entry == ["tini", "--", "python", "-m", "atelier.serving.oip_front"]
+    front, launched = cmd[: cmd.index("--launch")], cmd[cmd.index("--launch") + 1 :]
+    assert launched[:5] == ["--", "nice", "-n", "5", "torchserve"]
+    front_flags = dict(a.split("=", 1) for a in front)
+    assert front_flags == {"--host": "0.0.0.0", "--port": "8080", "--store": "/mnt/models"}
+    assert {"--start", "--foreground", "--ncs", "--disable-token-auth"} <= set(launched)
+    flags = dict(a.split("=", 1) for a in launched if "=" in a)
     template = archive.CONFIG_TEMPLATE.read_text()
     props = dict(
         line.split("=", 1) for line in template.splitlines() if "=" in line and line[0] != "#"
@@ -376,11 +381,12 @@ def test_serving_image_reads_the_store_where_kserve_mounts_it() -> None:
     assert props["enable_envvars_config"] == "true", "the TS_* env below would be ignored"
     env = env_of(runtime)
     exposed = {int(p) for i in runtime if i.name == "EXPOSE" for p in i.args.split()}
-    inference = env["TS_INFERENCE_ADDRESS"]
     metrics = env["TS_METRICS_ADDRESS"]
-    assert inference.startswith("http://0.0.0.0:") and metrics.startswith("http://0.0.0.0:")
+    assert metrics.startswith("http://0.0.0.0:")
+    # TorchServe's inference API is the front's upstream: local, as its management API.
+    assert env["TS_INFERENCE_ADDRESS"] == "http://127.0.0.1:8085"
     assert env["TS_MANAGEMENT_ADDRESS"].startswith("http://127.0.0.1:"), "management stays local"
-    assert exposed == {int(inference.rsplit(":", 1)[1]), int(metrics.rsplit(":", 1)[1])}
+    assert exposed == {int(front_flags["--port"]), int(metrics.rsplit(":", 1)[1])}
     # TorchServe writes temp files and logs where it is told, under one mountable folder.
     for var in ("TEMP", "TMPDIR", "LOG_LOCATION", "METRICS_LOCATION"):
         assert env[var].startswith("/tmp"), var

@@ -124,20 +124,29 @@ def test_serving_container_matches_the_image(objects: list[dict[str, Any]]) -> N
             assert key in env, f"the chart no longer sets {key}"
         ports = {p["containerPort"] for p in c["ports"]}
         assert ports == image["expose"]
-        # The chart's command is the image's entrypoint (tini first: PID 1 passes SIGTERM to
-        # TorchServe's whole process group), then the image's flags.
+        # The chart's command is the image's entrypoint (tini first, as PID 1, then the OIP
+        # front), then the image's flags: the front's (the chart may add --model-name), and
+        # after --launch the TorchServe command, the same flags with the same values.
         command = c.get("command") or image["entrypoint"]
         command = command + c.get("args", [])
         entry = image["entrypoint"]
-        assert command[: len(entry)] == entry and entry[-1] == "torchserve", command
-        flags = {a.split("=", 1)[0] for a in command[len(entry) :] if a.startswith("--")}
-        image_flags = {a.split("=", 1)[0] for a in image["cmd"]}
-        assert flags == image_flags
-        args = " ".join(command).replace("=", " ")
+        assert command[: len(entry)] == entry and entry[-1] == "atelier.serving.oip_front"
+        rest, cmd = command[len(entry) :], image["cmd"]
+        front, launched = rest[: rest.index("--launch")], rest[rest.index("--launch") :]
+        image_front, image_launched = cmd[: cmd.index("--launch")], cmd[cmd.index("--launch") :]
+        torchserve = ["--launch", "--", "nice", "-n", "5", "torchserve"]
+        assert launched[:6] == image_launched[:6] == torchserve
+
+        def flags(args: list[str]) -> set[str]:
+            return {a.split("=", 1)[0] for a in args if a.startswith("--")}
+
+        assert flags(launched) == flags(image_launched)
+        assert flags(image_front) <= flags(front) <= flags(image_front) | {"--model-name"}
+        chart_args = " ".join(command).replace("=", " ")
         for a in image["cmd"]:
             if "=" in a:
                 flag, value = a.split("=", 1)
-                assert f"{flag} {value}" in args, f"chart passes another {flag}"
+                assert f"{flag} {value}" in chart_args, f"chart passes another {flag}"
 
 
 def test_kserve_runtime_container_matches_the_image() -> None:

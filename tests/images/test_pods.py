@@ -13,7 +13,8 @@ renders it, and its pods run on the images scripts/build-images.sh builds (the s
 3. Serving: the raw-mode Deployment (serving.mode=raw) on that claim serves version 1, through
    the pod's IP on the container ports the chart declares: Fashion-MNIST test images over raw
    PNG, KServe v1 and v2 get exactly the classes and probabilities (1e-5) of the published .mar
-   run in this process. The chart's exec readiness probe, run with `podman exec`, exits 0. The
+   run in this process. The chart's HTTP probes (the OIP front's ready and live routes) answer
+   200 from the host. The
    drift sidecar ingests every record, is the reporter and reports over them. The metrics
    endpoints the chart's ServiceMonitors scrape (their port and path, resolved through the
    Services they select to the container ports) answer with the metrics.
@@ -42,7 +43,7 @@ pure function below with a unit test; the chart is never changed for them:
 - job_as_pod: kube play rejects a Job; its pod template becomes a Pod named after the Job.
 - without_liveness_probes: kube play turns a livenessProbe into a podman healthcheck whose
   failures kill healthy containers. Readiness and startup probes are ignored by kube play and
-  are left as rendered; the test runs the readiness command itself with `podman exec`.
+  are left as rendered; the test sends their HTTP GETs itself.
 - private_empty_dirs: kube play makes an emptyDir a volume named after it, shared by every
   pod using that name ("tmp" is in all three pods); each becomes <pod>-<volume>.
 - with_service_alias: there is no cluster DNS. The test pod gets a hostAliases entry that
@@ -88,7 +89,6 @@ from support.kube_play import (
     PodInfo,
     containers_named,
     create_bind_volume,
-    exec_in,
     kube_down,
     kube_play,
     logs,
@@ -596,11 +596,19 @@ def test_kserve_v2(
         serving.sent[0] += len(batch)
 
 
-def test_readiness_probe_command_says_ready(serving: Serving) -> None:
-    """The chart's exec readiness probe, as rendered, run in the TorchServe container."""
-    probe = container(pod_spec(serving.deployment), "torchserve")["readinessProbe"]
-    result = exec_in(serving.pod.containers["torchserve"], probe["exec"]["command"])
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_probes_say_ready_and_live(serving: Serving) -> None:
+    """The chart's startup, readiness and liveness probes, as rendered: HTTP GETs on the OIP
+    front's port, which answer 200 for the served model (and 404 for another version)."""
+    spec = container(pod_spec(serving.deployment), "torchserve")
+    ports = {p["containerPort"]: p["name"] for p in spec["ports"]}
+    for name in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = spec[name]["httpGet"]
+        r = requests.get(serving.url(ports[get["port"]], get["path"]), timeout=10)
+        assert r.status_code == 200, (name, r.text)
+    ready = spec["readinessProbe"]["httpGet"]["path"]
+    assert ready == f"/v2/models/{MODEL}/ready"
+    other = serving.url("http", f"/v2/models/{MODEL}/versions/999/ready")
+    assert requests.get(other, timeout=10).status_code == 404
 
 
 def drift_metric(serving: Serving, name: str) -> float:

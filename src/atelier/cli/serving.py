@@ -152,9 +152,12 @@ def serve(
                 grpc_management_port=grpc_management_port,
             )
         )
-        name = "TorchServe"
+        name = "TorchServe (behind the OIP front)"
         urls = {
             "predictions": f"{server.inference_url}/predictions/{model}",
+            "v1": f"{server.inference_url}/v1/models/{model}:predict",
+            "v2": f"{server.inference_url}/v2/models/{model}/infer",
+            "ready": f"{server.inference_url}/v2/models/{model}/ready",
             "management": f"{server.management_url}/models/{model}",
             "metrics": f"{server.metrics_url}/metrics",
         }

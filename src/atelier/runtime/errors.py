@@ -241,6 +241,30 @@ REQUEST_ERRORS: tuple[type[RequestError], ...] = (
 )
 
 
+# --- Serving: health, metadata and routing (atelier.runtime.oip, the OIP front)
+
+
+class ModelNotFoundError(AtelierError):
+    """A model name, or a version of it, that this server does not serve."""
+
+    http_status = 404
+    kind = "model_not_found"
+
+
+class ModelNotReadyError(AtelierError):
+    """The served model cannot answer yet (loading, or no worker ready)."""
+
+    http_status = 503
+    kind = "model_not_ready"
+
+
+class UpstreamUnavailableError(AtelierError):
+    """The OIP front cannot reach the model server behind it (TorchServe)."""
+
+    http_status = 503
+    kind = "upstream_unavailable"
+
+
 # Every error answer of every server carries its kind here, whatever the body's shape.
 ERROR_KIND_HEADER = "X-Atelier-Error"
 

@@ -8,16 +8,20 @@ kserve 0.21 on one HTTP port, without gRPC, in one process or in ``--workers`` p
 - ``POST /v1/models/M:predict`` (KServe v1), ``POST /v2/models/M[/versions/V]/infer`` (KServe
   v2) and ``POST /predictions/M[/V]`` (raw image, multipart upload, or v1/v2 JSON, like
   TorchServe); V must be the served version, else 404;
-- KServe's own routes: ``/v1/models/M``, ``/v2/health/ready``, ``/v2/models/M/ready``,
-  ``/v2/models/M`` (metadata), ``/metrics``.
+- the Open Inference Protocol's health and metadata GET routes (``/v2``, ``/v2/health/live``,
+  ``/v2/health/ready``, ``/v2/models/M[/versions/V][/ready]``) and KServe v1's (``/``,
+  ``/v1/models``, ``/v1/models/M``), answered by atelier.runtime.oip as the OIP front answers
+  them on TorchServe; V must be the served version, else 404;
+- KServe's own ``/metrics``.
 
 How a request reaches our parser. kserve 0.21 parses a body before a ``Model`` sees it: its v1
 handler decodes JSON with orjson (no NaN; a bad body becomes KServe's ``{"error": "..."}``), its
 v2 handler validates the body as a pydantic ``InferenceRequest`` (FastAPI's 422) and turns it
 into numpy tensors (``InferRequest``), and a Model can only answer 200 or raise. So this module
-registers its own routes for the POST paths on KServe's FastAPI app *before* KServe's
-``RESTServer`` adds its routers: Starlette takes the first route that matches, so ours replace
-KServe's predict/infer handlers, and every other route stays KServe's. Our route reads the raw
+registers its own routes for the POST paths (and the health and metadata GET paths) on
+KServe's FastAPI app *before* KServe's ``RESTServer`` adds its routers: Starlette takes the
+first route that matches, so ours replace KServe's predict/infer, health and metadata
+handlers, and every other route stays KServe's. Our route reads the raw
 body: at most ``ServingSettings.max_payload_bytes`` (ATELIER_MAX_PAYLOAD_BYTES) is kept; a
 larger body is read and dropped (or not read at all when the client sent
 ``Expect: 100-continue``) and answered 413. It makes an
@@ -86,14 +90,18 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from uvicorn.config import STARTUP_FAILURE
 
+import atelier
+from atelier.runtime import oip
 from atelier.runtime.errors import (
     AtelierError,
     ConfigError,
     MalformedRequestError,
     ServerError,
     exit_on_error,
+    http_answer,
 )
 from atelier.runtime.settings import ServingSettings
+from atelier.runtime.spec import ModelSpec
 from atelier.serving.batcher import BatchPolicy, MicroBatcher, torchserve_batching
 from atelier.serving.workers import (
     MAX_WORKERS,
@@ -377,17 +385,11 @@ class ModelRuntime:
 
     def input_types(self) -> list[dict[str, Any]]:
         assert self.service is not None
-        spec = self.service.spec
-        shape = [-1, spec.in_channels, spec.image_size, spec.image_size]
-        return [{"name": "input-0", "datatype": "UINT8", "shape": shape}]
+        return oip.model_inputs(self.service.spec)
 
     def output_types(self) -> list[dict[str, Any]]:
         assert self.service is not None
-        n = self.service.spec.num_classes
-        return [
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, n]},
-            {"name": "label", "datatype": "BYTES", "shape": [-1]},
-        ]
+        return oip.model_outputs(self.service.spec)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -467,23 +469,31 @@ async def multipart_fields(headers: Headers, body: bytes, limit: int) -> dict[st
 
 
 def install_routes(app: Any, model: Any, runtime: ModelRuntime) -> None:
-    """Our POST routes, registered on KServe's app before KServe's own (see the module doc)."""
-    from kserve.errors import ModelNotFound, ModelNotReady
+    """Our routes, registered on KServe's app before KServe's own (see the module doc): the
+    POST routes, and the health and metadata GET routes of atelier.runtime.oip."""
     from starlette.formparsers import MultiPartException
     from starlette.requests import ClientDisconnect
     from starlette.responses import Response
 
     from atelier.runtime.service import Item
 
+    # The served model, from the .mar as the front on TorchServe reads it: known before the
+    # model is loaded, so a not-ready model still has its name and version.
+    try:
+        spec = ModelSpec.from_mar(runtime.settings.mar)
+    except ValueError as exc:
+        raise ServerError(str(exc)) from exc
+
     async def answer(request: Request, expect: str | None) -> Response:
         name = request.path_params["model_name"]
         version = request.path_params.get("model_version")
-        if name != model.name:
-            raise ModelNotFound(name)  # KServe's 404
-        if version is not None and version != runtime.dims[1]:
-            raise ModelNotFound(f"{name} version {version}")
-        if not model.ready:
-            raise ModelNotReady(name)  # KServe's 503
+        protocol = expect or "raw"
+        try:
+            oip.check_model(spec, name, version)  # 404 model_not_found
+            if not model.ready:
+                raise oip.not_ready(spec)  # 503 model_not_ready
+        except AtelierError as err:
+            return _json_response(*http_answer(err, protocol))
         limit = runtime.max_payload_bytes
         try:
             body, length = await read_body(request, limit)
@@ -531,6 +541,27 @@ def install_routes(app: Any, model: Any, runtime: ModelRuntime) -> None:
         ("/v2/models/{model_name}/versions/{model_version}/infer", v2),
     ):
         app.add_route(path, endpoint, methods=["POST"])
+
+    server_version = atelier.__version__
+
+    def health(route: oip.Route) -> Any:
+        async def endpoint(request: Request) -> Response:
+            params = request.path_params
+            return _json_response(*oip.answer(route, spec, bool(model.ready), server_version,
+                                              params.get("model_name"),
+                                              params.get("model_version")))  # fmt: skip
+
+        return endpoint
+
+    for route in oip.ROUTES:
+        app.add_route(route.path, health(route), methods=["GET"])
+
+
+def _json_response(status: int, body: dict[str, Any], headers: dict[str, str]) -> Response:
+    from starlette.responses import Response
+
+    content = json.dumps(body).encode()
+    return Response(content, status, headers={**headers, "Content-Type": "application/json"})
 
 
 def _response(outcome: Outcome) -> Response:

@@ -3,7 +3,9 @@
 Every number comes from one run on this machine. The servers are driven by wrk (a C load
 generator, so the client costs little) over 127.0.0.1; the in-process pipeline (decode +
 preprocess + forward, one thread like one server worker) is the limit they are compared
-against. Nothing here is asserted in tests.
+against. TorchServe's rows go through the OIP front, as it is deployed; ``front_cost``
+measures what the front adds, on the same TorchServe in the same run. Nothing here is
+asserted in tests.
 """
 
 from __future__ import annotations
@@ -197,6 +199,114 @@ def _binary_v2_body(work: Path, x: np.ndarray) -> tuple[Path, str, int, str]:
     return path, "application/octet-stream", 32, f"Inference-Header-Content-Length: {len(head)}"
 
 
+WRK_GET_SCRIPT = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "WRKJSON {\"requests\": %d, \"duration_us\": %d, \"p50_us\": %d, \"p99_us\": %d, " ..
+    "\"non2xx\": %d, \"socket_errors\": %d}\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
+# What the front's cost is measured on: a raw PNG classified (the brief's request), and
+# TorchServe's GET /ping, which costs TorchServe next to nothing, so the hop alone shows.
+FRONT_REQUESTS = ("raw", "ping")
+FRONT_CONCURRENCY = (1, 32)
+FRONT_ROUNDS = 3
+
+
+@dataclass
+class FrontRow:
+    """One request kind at one concurrency: TorchServe direct and through the OIP front, the
+    median of interleaved rounds."""
+
+    request: str
+    concurrency: int
+    direct_p50_ms: float
+    front_p50_ms: float
+    direct_p99_ms: float
+    front_p99_ms: float
+    direct_req_per_s: float
+    front_req_per_s: float
+    non_2xx: int
+
+    @property
+    def p50_cost_ms(self) -> float:
+        return self.front_p50_ms - self.direct_p50_ms
+
+    @property
+    def p99_cost_ms(self) -> float:
+        return self.front_p99_ms - self.direct_p99_ms
+
+
+def front_cost(server: Any, name: str, png: Path, work: Path, seconds: float) -> list[FrontRow]:
+    """The OIP front's latency cost on one TorchServe: each request kind and concurrency is
+    sent to TorchServe's own inference port and to the front in turn, FRONT_ROUNDS times, so
+    machine noise hits both alike; the medians are compared."""
+    post_script, get_script = work / "post.lua", work / "get.lua"
+    get_script.write_text(WRK_GET_SCRIPT)
+    targets = {"direct": server.torchserve_url, "front": server.inference_url}
+    paths = {"raw": f"/predictions/{name}", "ping": "/ping"}
+    rows = []
+    for request in FRONT_REQUESTS:
+        script = post_script if request == "raw" else get_script
+        for c in FRONT_CONCURRENCY:
+            runs: dict[str, list[dict[str, float]]] = {"direct": [], "front": []}
+            for _ in range(FRONT_ROUNDS):
+                for target, base in targets.items():
+                    url = base + paths[request]
+                    runs[target].append(
+                        run_wrk(url, png, "image/png", c, max(2.0, seconds / 2), script)
+                    )
+            direct, front = runs["direct"], runs["front"]
+            rows.append(
+                FrontRow(
+                    request,
+                    c,
+                    _median(direct, "p50_ms"),
+                    _median(front, "p50_ms"),
+                    _median(direct, "p99_ms"),
+                    _median(front, "p99_ms"),
+                    _median(direct, "req_per_s"),
+                    _median(front, "req_per_s"),
+                    int(sum(r["non_2xx"] for r in direct + front)),
+                )
+            )
+    return rows
+
+
+def _median(runs: list[dict[str, float]], key: str) -> float:
+    return float(np.median([r[key] for r in runs]))
+
+
+def _print_front(rows: list[FrontRow]) -> None:
+    if not rows:
+        return
+    table = Table(
+        title=f"OIP front on TorchServe: direct vs through the front, same TorchServe, "
+        f"interleaved, median of {FRONT_ROUNDS} (raw = PNG classified, ping = GET /ping)"
+    )
+    for col in ("request", "conc", "p50 direct", "p50 front", "p50 cost", "p99 direct",
+                "p99 front", "p99 cost", "req/s direct", "req/s front", "non-2xx"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "request" else "right")
+    for r in rows:
+        table.add_row(
+            r.request,
+            str(r.concurrency),
+            f"{r.direct_p50_ms:.2f}",
+            f"{r.front_p50_ms:.2f}",
+            f"{r.p50_cost_ms:+.2f}",
+            f"{r.direct_p99_ms:.2f}",
+            f"{r.front_p99_ms:.2f}",
+            f"{r.p99_cost_ms:+.2f}",
+            f"{r.direct_req_per_s:,.0f}",
+            f"{r.front_req_per_s:,.0f}",
+            str(r.non_2xx),
+        )
+    Console(width=200).print(table)
+
+
 def _start(
     runtime: str,
     store: Path,
@@ -274,10 +384,13 @@ def bench_serve(
     paths = {"raw": f"/predictions/{name}", "v2": f"/v2/models/{name}/infer"}
     limits = {"raw": limit["single_img_per_s"], "v2": limit["batch32_img_per_s"]}
     server_spool: dict[str, float] = {}
+    front_rows: list[FrontRow] = []
     binary = _binary_v2_body(work, x)
     for runtime in [r for r in runtimes if r not in PEER_TARGETS]:
         with _start(runtime, store, name, work / runtime, work / f"spool-{runtime}",
                     kserve_workers) as server:  # fmt: skip
+            if runtime == "torchserve":
+                front_rows = front_cost(server, name, bodies["raw"][0], work, seconds)
             for protocol in ("raw", "v2"):
                 body, ctype, n_img = bodies[protocol]
                 url = server.inference_url + paths[protocol]
@@ -324,6 +437,7 @@ def bench_serve(
                            script, limits["raw"])  # fmt: skip
     _print(rows, limit, server_spool)
     _print_targets(rows, limit, cores, kserve_workers)
+    _print_front(front_rows)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (out / f"bench-serve-{stamp}.json").write_text(
         json.dumps(
@@ -333,6 +447,10 @@ def bench_serve(
                 "spool": server_spool,
                 "cores": cores,
                 "kserve_workers": kserve_workers,
+                "oip_front": [
+                    r.__dict__ | {"p50_cost_ms": r.p50_cost_ms, "p99_cost_ms": r.p99_cost_ms}
+                    for r in front_rows
+                ],
             },
             indent=2,
             default=str,
