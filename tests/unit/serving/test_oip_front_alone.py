@@ -1,7 +1,7 @@
 """Tests for atelier.serving.oip_front without TorchServe: its settings, its answers when
 TorchServe cannot be reached (a real front on 127.0.0.1, in this process), and the
 supervisor (``--launch``) as a real process. Forwarding to a real TorchServe is tested in
-tests/integration/test_oip_front.py."""
+tests/integration/test_oip_front_forwarding.py."""
 
 from __future__ import annotations
 
