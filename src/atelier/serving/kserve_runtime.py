@@ -75,6 +75,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import os
 import shutil
 import signal
@@ -608,6 +609,12 @@ def build_app(
         )
         rest.create_application()  # KServe's middleware, routes and error handlers
         _drop_timing_trace(app)
+        if not settings.access_log:
+            # uvicorn logs a request when its access logger has handlers, and ModelServer()
+            # has just given it KServe's (whatever uvicorn's access_log setting says).
+            access = logging.getLogger("uvicorn.access")
+            access.handlers.clear()
+            access.propagate = False
     except BaseException:
         runtime.close()
         raise
