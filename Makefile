@@ -25,7 +25,7 @@ test: setup
 	@rm -f $(IMAGES_BUILD_LOG)
 	@(bash scripts/build-images.sh --local-base; echo "build-images: exit $$?") \
 	  >$(IMAGES_BUILD_LOG) 2>&1 &
-	ATELIER_IMAGES_BUILD_LOG=$(IMAGES_BUILD_LOG) $(BIN)/pytest -q
+	ATELIER_IMAGES_BUILD_LOG=$(IMAGES_BUILD_LOG) $(BIN)/pytest -q --durations=20
 
 test-unit: setup
 	$(BIN)/pytest -q -m unit

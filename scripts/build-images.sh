@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Build atelier's three images: training-job, services/serving, services/drift.
+# Build atelier's four images: training-job, services/serving, services/drift,
+# services/kserve.
 #
 #   scripts/build-images.sh [--local-base] [--tag TAG] [--engine podman|docker] [IMAGE...]
 #
-# IMAGE is training, serving or drift (default: all three). Images are tagged
+# IMAGE is training, serving, drift or kserve (default: all four). Images are tagged
 # atelier-<image>:<TAG>, TAG defaulting to the chart's appVersion (charts/atelier/Chart.yaml),
 # the tag the chart deploys when values leave image.tag empty.
 #
-# With a registry and Docker (or podman) this is three plain builds with the Dockerfiles'
+# With a registry and Docker (or podman) this is four plain builds with the Dockerfiles'
 # defaults: the pinned python base image and torch from PyTorch's CPU index. What a machine
 # without them needs is added only when it is there:
 # - --local-base: no registry to pull the python image from. A Debian bookworm base is made
@@ -31,7 +32,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
 usage() {
-  echo "usage: $0 [--local-base] [--rebuild-base] [--tag TAG] [--engine podman|docker] [training|serving|drift ...]" >&2
+  echo "usage: $0 [--local-base] [--rebuild-base] [--tag TAG] [--engine podman|docker] [training|serving|drift|kserve ...]" >&2
   exit 2
 }
 
@@ -46,13 +47,13 @@ while [ "$#" -gt 0 ]; do
     --rebuild-base) LOCAL_BASE=1; REBUILD_BASE=1 ;;
     --tag) [ "$#" -ge 2 ] || usage; TAG="$2"; shift ;;
     --engine) [ "$#" -ge 2 ] || usage; ENGINE="$2"; shift ;;
-    training|serving|drift) IMAGES+=("$1") ;;
+    training|serving|drift|kserve) IMAGES+=("$1") ;;
     -h|--help) usage ;;
     *) echo "build-images: unknown argument '$1'" >&2; usage ;;
   esac
   shift
 done
-[ ${#IMAGES[@]} -gt 0 ] || IMAGES=(training serving drift)
+[ ${#IMAGES[@]} -gt 0 ] || IMAGES=(training serving drift kserve)
 
 if [ -z "$TAG" ]; then
   TAG="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' charts/atelier/Chart.yaml)"
@@ -75,6 +76,7 @@ folder_of() {
     training) echo training-job ;;
     serving) echo services/serving ;;
     drift) echo services/drift ;;
+    kserve) echo services/kserve ;;
   esac
 }
 

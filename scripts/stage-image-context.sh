@@ -2,7 +2,7 @@
 # Stage what an image needs from outside its folder into <folder>/.build/.
 #
 # Each image's build context is its own folder (training-job/, services/serving/,
-# services/drift/): one deployable, one folder. A build context cannot reach outside itself,
+# services/drift/, services/kserve/): one deployable, one folder. A build context cannot reach outside itself,
 # but every image installs the atelier package (its own extra of it). This script copies the
 # package into <folder>/.build/ (ignored by git), where the folder's Dockerfile COPYs it from:
 #
@@ -20,7 +20,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 # The image folders, in the order of the artifacts in Skaffold.yaml (a test checks both).
-ALL=(training-job services/serving services/drift)
+ALL=(training-job services/serving services/drift services/kserve)
 
 if [ "$#" -eq 0 ]; then
   echo "usage: $0 FOLDER... | --all   (folders: ${ALL[*]})" >&2

@@ -38,6 +38,13 @@ SCHEMA_CASES = [
     ),
     (["modelStore.objectStore.uri=gs://bucket"], "/modelStore/objectStore/uri"),
     (["serving.kserve.name=Upper_Case"], "/serving/kserve/name"),
+    (["serving.runtime=triton"], "/serving/runtime"),
+    (["serving.kserveRuntime.bogus=1"], "additional properties 'bogus'"),
+    (["serving.kserveRuntime.workers=0"], "/serving/kserveRuntime/workers"),
+    (["serving.kserveRuntime.image.tag=latest"], "/serving/kserveRuntime/image/tag"),
+    (["serving.kserveRuntime.image.pulPolicy=Always"], "additional properties 'pulPolicy'"),
+    (["serving.kserveRuntime.resources.limits.cpu=2"], "/serving/kserveRuntime/resources"),
+    (["serving.autoscaling.raw.hpa.metricName=rps/s"], "/serving/autoscaling/raw/hpa/metricName"),
 ]
 
 # Combinations the schema cannot express, refused by the templates (atelier.validate).
@@ -76,6 +83,12 @@ def test_schema_errors_come_from_the_schema() -> None:
     assert "value must be one of 'kserve', 'raw'" in str(info.value)
 
 
+def test_a_wrong_runtime_is_refused_with_the_choices() -> None:
+    with pytest.raises(ConfigError) as info:
+        helm_template(set_values=["serving.runtime=triton"])
+    assert "value must be one of 'torchserve', 'kserve'" in str(info.value)
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -86,6 +99,8 @@ def test_schema_errors_come_from_the_schema() -> None:
         ["serving.kserve.deploymentMode=RawDeployment"],
         ["serving.kserve.deploymentMode=Serverless"],
         ["monitoring.mode=none"],
+        ["serving.runtime=kserve", "serving.kserveRuntime.workers=4"],
+        ["serving.runtime=torchserve"],
     ],
 )
 def test_good_values_pass(args: list[str]) -> None:

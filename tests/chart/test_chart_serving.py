@@ -2,8 +2,9 @@
 
 - The drift sidecar is a second container of the predictor pod (KServe) and of the Deployment
   (raw), sharing the feature spool through an emptyDir with TorchServe.
-- The ServingRuntime declares v1 and v2; TorchServe listens where its ports say; readiness is
-  the model's READY worker, never /ping; raw mode runs the same container.
+- The ServingRuntime declares v1 and v2, which the OIP front in front of TorchServe answers
+  on the inference port (TorchServe itself on 127.0.0.1); readiness is the front's model
+  ready route (a READY worker), never /ping; raw mode runs the same container.
 - storageUri points at the served version; the training Job trains, gates and archives.
 - The Ingress routes only the inference paths to the inference port; the NetworkPolicies let
   inference in from the ingress controller, metrics from Prometheus, drift from Grafana and
@@ -126,15 +127,25 @@ def test_serving_runtime_protocols_ports_and_probes() -> None:
     assert container["name"] == "kserve-container"
     e = env(container)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert e["TS_INFERENCE_ADDRESS"] == f"http://0.0.0.0:{ports['http']}"
+    # The OIP front listens on the inference port and launches TorchServe behind it, whose
+    # inference and management APIs stay on 127.0.0.1 (the front reads both from TS_*).
+    command = container["command"]
+    assert command[:5] == ["tini", "--", "python", "-m", "atelier.serving.oip_front"]
+    front, launched = command[5 : command.index("--launch")], command[command.index("--launch") :]
+    assert front == ["--host", "0.0.0.0", "--port", str(ports["http"]), "--store", "/mnt/models",
+                     "--model-name", "fashion-mnist"]  # fmt: skip
+    assert launched[:7] == ["--launch", "--", "nice", "-n", "5", "torchserve", "--start"]
+    assert "/mnt/models/config/config.properties" in launched
+    assert e["TS_INFERENCE_ADDRESS"] == "http://127.0.0.1:8085"
     assert e["TS_METRICS_ADDRESS"] == f"http://0.0.0.0:{ports['metrics']}"
     assert e["TS_MANAGEMENT_ADDRESS"].startswith("http://127.0.0.1:")  # never exposed
-    assert "/mnt/models/config/config.properties" in container["command"]
+    ready = {"path": "/v2/models/fashion-mnist/ready", "port": ports["http"]}
     for probe in ("startupProbe", "readinessProbe"):
-        script = " ".join(container[probe]["exec"]["command"])
-        assert f"{e['TS_MANAGEMENT_ADDRESS']}/models/fashion-mnist" in script
-        assert '"READY"' in script
-    assert container["livenessProbe"]["httpGet"] == {"path": "/ping", "port": ports["http"]}
+        assert container[probe]["httpGet"] == ready
+    assert container["livenessProbe"]["httpGet"] == {
+        "path": "/v2/health/live",
+        "port": ports["http"],
+    }
     isvc = one(rendered(), "InferenceService")
     assert isvc["spec"]["predictor"]["model"]["runtime"] == runtime["metadata"]["name"]
     fmt = runtime["spec"]["supportedModelFormats"][0]["name"]

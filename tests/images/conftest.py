@@ -1,4 +1,4 @@
-"""Fixtures of the image tests: the three images, built once per session with podman.
+"""Fixtures of the image tests: the four images, built once per session with podman.
 
 `scripts/build-images.sh --local-base` builds them exactly as a developer would on this
 machine (a debootstrap base, since no registry is reachable; the layer cache under
@@ -19,7 +19,7 @@ import pytest
 
 from support.podman import BUILD_SCRIPT, ROOT, BuiltImage, podman_env
 
-IMAGES = ("training", "serving", "drift")
+IMAGES = ("training", "serving", "drift", "kserve")
 BUILT = re.compile(r"^build-images: (atelier-(\w+):(\S+)) in (\d+) s, (\d+) MB$", re.M)
 EXITED = re.compile(r"^build-images: exit (\d+)$", re.M)
 # Set by `make test`, which starts the build in the background (Makefile).
@@ -41,7 +41,7 @@ def build_log_of_make(timeout: float = 3600) -> tuple[int, str]:
 
 
 def build_here(log: Path) -> tuple[int, str]:
-    """Build the three images now (pytest run without make): (exit code, its log)."""
+    """Build the four images now (pytest run without make): (exit code, its log)."""
     with log.open("w") as out:
         proc = subprocess.run(
             ["bash", str(BUILD_SCRIPT), "--local-base", *IMAGES],
@@ -53,7 +53,7 @@ def build_here(log: Path) -> tuple[int, str]:
 
 @pytest.fixture(scope="session")
 def built_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, BuiltImage]:
-    """The three images (cached layers reused); fails with the build's log."""
+    """The four images (cached layers reused); fails with the build's log."""
     podman_env()  # fails naming scripts/setup.sh when podman is missing
     start = time.monotonic()
     if os.environ.get(BUILD_LOG_ENV):

@@ -1,4 +1,4 @@
-"""The three images' Dockerfiles: hadolint-clean, multi-stage, pinned, non-root, CPU torch.
+"""The four images' Dockerfiles: hadolint-clean, multi-stage, pinned, non-root, CPU torch.
 
 No container engine can pull a base image on this machine, so the images are not built here.
 What can be proved without one is proved: hadolint passes; every base image is pinned; the
@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from atelier.drift.settings import DriftSettings
+from atelier.serving.kserve_runtime import ServerSettings
 from atelier.training import archive
 
 pytestmark = pytest.mark.unit
@@ -29,9 +30,14 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 HADOLINT = ROOT / ".venv-tools" / "bin" / "hadolint"
 STAGE = ROOT / "scripts" / "stage-image-context.sh"
-IMAGE_FOLDERS = ("training-job", "services/serving", "services/drift")
+IMAGE_FOLDERS = ("training-job", "services/serving", "services/drift", "services/kserve")
 # The extra of atelier each image installs, and whether it carries torch.
-EXTRAS = {"training-job": "train", "services/serving": "serve", "services/drift": "drift"}
+EXTRAS = {
+    "training-job": "train",
+    "services/serving": "serve",
+    "services/drift": "drift",
+    "services/kserve": "kserve",
+}
 WITHOUT_TORCH = {"services/drift"}
 TORCH = "2.13.0"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -356,9 +362,14 @@ def test_serving_image_reads_the_store_where_kserve_mounts_it() -> None:
     runtime = stages(instructions)[-1]
     entry = exec_form(next(i for i in runtime if i.name == "ENTRYPOINT"))
     cmd = exec_form(next(i for i in runtime if i.name == "CMD"))
-    assert entry[:3] == ["tini", "-g", "--"] and entry[3] == "torchserve"
-    assert {"--start", "--foreground", "--ncs", "--disable-token-auth"} <= set(cmd)
-    flags = dict(a.split("=", 1) for a in cmd if "=" in a)
+    # tini, then the OIP front, which launches TorchServe (the command after --launch --).
+    assert entry == ["tini", "--", "python", "-m", "atelier.serving.oip_front"]
+    front, launched = cmd[: cmd.index("--launch")], cmd[cmd.index("--launch") + 1 :]
+    assert launched[:5] == ["--", "nice", "-n", "5", "torchserve"]
+    front_flags = dict(a.split("=", 1) for a in front)
+    assert front_flags == {"--host": "0.0.0.0", "--port": "8080", "--store": "/mnt/models"}
+    assert {"--start", "--foreground", "--ncs", "--disable-token-auth"} <= set(launched)
+    flags = dict(a.split("=", 1) for a in launched if "=" in a)
     template = archive.CONFIG_TEMPLATE.read_text()
     props = dict(
         line.split("=", 1) for line in template.splitlines() if "=" in line and line[0] != "#"
@@ -370,11 +381,12 @@ def test_serving_image_reads_the_store_where_kserve_mounts_it() -> None:
     assert props["enable_envvars_config"] == "true", "the TS_* env below would be ignored"
     env = env_of(runtime)
     exposed = {int(p) for i in runtime if i.name == "EXPOSE" for p in i.args.split()}
-    inference = env["TS_INFERENCE_ADDRESS"]
     metrics = env["TS_METRICS_ADDRESS"]
-    assert inference.startswith("http://0.0.0.0:") and metrics.startswith("http://0.0.0.0:")
+    assert metrics.startswith("http://0.0.0.0:")
+    # TorchServe's inference API is the front's upstream: local, as its management API.
+    assert env["TS_INFERENCE_ADDRESS"] == "http://127.0.0.1:8085"
     assert env["TS_MANAGEMENT_ADDRESS"].startswith("http://127.0.0.1:"), "management stays local"
-    assert exposed == {int(inference.rsplit(":", 1)[1]), int(metrics.rsplit(":", 1)[1])}
+    assert exposed == {int(front_flags["--port"]), int(metrics.rsplit(":", 1)[1])}
     # TorchServe writes temp files and logs where it is told, under one mountable folder.
     for var in ("TEMP", "TMPDIR", "LOG_LOCATION", "METRICS_LOCATION"):
         assert env[var].startswith("/tmp"), var
@@ -391,6 +403,30 @@ def assert_apt_by_release(runtime: list[Instruction], packages: set[str]) -> Non
     queried = [c for c in commands if c[:2] == ["dpkg-query", "-W"]]
     assert queried and packages <= set(queried[0]), queried
     assert any("/usr/share/atelier/apt-packages.txt" in c for c in queried), queried
+
+
+def test_kserve_image_runs_the_runtime_on_the_store_kserve_mounts(tmp_path: Path) -> None:
+    """The entrypoint is the KServe runtime under tini; its CMD flags are flags the runtime's
+    own parser accepts, binding all addresses on the port the image exposes."""
+    runtime = stages(parse(dockerfile("services/kserve")))[-1]
+    entry = exec_form(next(i for i in runtime if i.name == "ENTRYPOINT"))
+    cmd = exec_form(next(i for i in runtime if i.name == "CMD"))
+    assert entry == ["tini", "-g", "--", "python", "-m", "atelier.serving.kserve_runtime"]
+    flags = dict(a.split("=", 1) for a in cmd)
+    assert flags["--store"] == "/mnt/models"  # the storageUri's mount point
+    store = tmp_path / "store"
+    (store / "model-store").mkdir(parents=True)
+    (store / "model-store" / "m.mar").write_bytes(b"")
+    (store / "CURRENT.json").write_text(json.dumps({"name": "m"}))
+    argv = [a if not a.startswith("--store=") else f"--store={store}" for a in cmd]
+    settings = ServerSettings.from_args(argv)
+    exposed = {int(p) for i in runtime if i.name == "EXPOSE" for p in i.args.split()}
+    assert settings.host == "0.0.0.0" and exposed == {settings.port}
+    env = env_of(runtime)
+    assert env["TMPDIR"].startswith("/tmp"), "the .mar is unzipped under TMPDIR"
+    assert env["OMP_NUM_THREADS"] == "1"
+    assert not [k for k in env if k.startswith(("TS_", "JAVA"))], env
+    assert_apt_by_release(runtime, {"tini"})
 
 
 def test_training_image_has_the_data_and_the_configs() -> None:

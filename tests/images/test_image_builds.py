@@ -1,10 +1,12 @@
-"""The three images, built for real with podman (scripts/build-images.sh --local-base).
+"""The four images, built for real with podman (scripts/build-images.sh --local-base).
 
 What each image must be, checked inside it: it runs as uid/gid 10001; with the read-only root
 filesystem the chart asks for it cannot write anywhere but its mounted /tmp, and even with a
 writable one the app user cannot change the installed software; it carries what its job needs
 (serving: torch 2.13.0, TorchServe and Java; training: Fashion-MNIST and the configs; drift:
-the sidecar and no torch) and lists the Debian package versions it was built with.
+the sidecar and no torch; kserve: torch 2.13.0, kserve and the KServe runtime, no TorchServe
+and no Java) and lists the Debian package versions it was built with. The ``built_images``
+fixture prints each image's size and build time.
 """
 
 from __future__ import annotations
@@ -25,12 +27,18 @@ CONTENT = {
     "assert Path('/opt/atelier/configs/smoke.yaml').is_file()",
     "drift": "import importlib.util as u, atelier.drift.server; "
     "assert u.find_spec('torch') is None, 'torch is installed'",
+    "kserve": "import importlib.util as u, shutil, torch, kserve, atelier.serving.kserve_runtime; "
+    "assert torch.__version__.split('+')[0] == '2.13.0', torch.__version__; "
+    "assert u.find_spec('ts') is None, 'TorchServe is installed'; "
+    "assert shutil.which('java') is None, 'Java is installed'",
 }
 APT_PACKAGES = {
     "serving": {"openjdk-17-jre-headless", "tini"},
     "training": {"dataset-fashion-mnist"},
     "drift": set(),
+    "kserve": {"tini"},
 }
+IMAGE_NAMES = ["training", "serving", "drift", "kserve"]
 
 
 def run_in(image: BuiltImage, *command: str, read_only: bool = False) -> tuple[int, str]:
@@ -43,14 +51,14 @@ def run_in(image: BuiltImage, *command: str, read_only: bool = False) -> tuple[i
     return proc.returncode, (proc.stdout + proc.stderr).strip()
 
 
-@pytest.mark.parametrize("name", ["training", "serving", "drift"])
+@pytest.mark.parametrize("name", IMAGE_NAMES)
 def test_image_runs_as_the_app_user(built_images: dict[str, BuiltImage], name: str) -> None:
     image = built_images[name]
     assert run_in(image, "id", "-u") == (0, APP_UID)
     assert run_in(image, "id", "-g") == (0, APP_UID)
 
 
-@pytest.mark.parametrize("name", ["training", "serving", "drift"])
+@pytest.mark.parametrize("name", IMAGE_NAMES)
 def test_root_filesystem_cannot_be_written(built_images: dict[str, BuiltImage], name: str) -> None:
     image = built_images[name]
     # As the chart runs it (readOnlyRootFilesystem, an emptyDir on /tmp): only /tmp is writable.
@@ -66,7 +74,7 @@ def test_root_filesystem_cannot_be_written(built_images: dict[str, BuiltImage], 
         assert rc != 0 and "Permission denied" in out, (path, rc, out)
 
 
-@pytest.mark.parametrize("name", ["training", "serving", "drift"])
+@pytest.mark.parametrize("name", IMAGE_NAMES)
 def test_image_holds_what_its_job_needs(built_images: dict[str, BuiltImage], name: str) -> None:
     image = built_images[name]
     assert run_in(image, "python", "-c", CONTENT[name]) == (0, "")

@@ -20,6 +20,8 @@ pytestmark = pytest.mark.chart
 
 ROOT = Path(__file__).resolve().parents[2]
 KIND_VALUES = ROOT / "charts/atelier/ci/raw-bundled-values.yaml"
+# The KServe runtime as the model server (serving.runtime=kserve), raw mode.
+KSERVE_RUNTIME_VALUES = ROOT / "charts/atelier/ci/raw-kserve-runtime-values.yaml"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -95,11 +97,12 @@ def env_of(c: dict[str, Any]) -> dict[str, str]:
 def test_pods_run_as_the_images_user(objects: list[dict[str, Any]]) -> None:
     uids = {
         dockerfile_runtime(f)["user"]
-        for f in ("training-job", "services/serving", "services/drift")
+        for f in ("training-job", "services/serving", "services/drift", "services/kserve")
     }
     assert len(uids) == 1
     uid = int(uids.pop().split(":")[0])
-    for name, spec in pod_specs(objects).items():
+    kserve = chart.helm_template([KSERVE_RUNTIME_VALUES])
+    for name, spec in {**pod_specs(objects), **pod_specs(kserve)}.items():
         images = [c["image"] for c in spec.get("containers", [])]
         if not any(i.startswith("atelier-") for i in images):
             continue
@@ -121,20 +124,52 @@ def test_serving_container_matches_the_image(objects: list[dict[str, Any]]) -> N
             assert key in env, f"the chart no longer sets {key}"
         ports = {p["containerPort"] for p in c["ports"]}
         assert ports == image["expose"]
-        # The chart's command is the image's entrypoint (tini first: PID 1 passes SIGTERM to
-        # TorchServe's whole process group), then the image's flags.
+        # The chart's command is the image's entrypoint (tini first, as PID 1, then the OIP
+        # front), then the image's flags: the front's (the chart may add --model-name), and
+        # after --launch the TorchServe command, the same flags with the same values.
         command = c.get("command") or image["entrypoint"]
         command = command + c.get("args", [])
         entry = image["entrypoint"]
-        assert command[: len(entry)] == entry and entry[-1] == "torchserve", command
-        flags = {a.split("=", 1)[0] for a in command[len(entry) :] if a.startswith("--")}
-        image_flags = {a.split("=", 1)[0] for a in image["cmd"]}
-        assert flags == image_flags
-        args = " ".join(command).replace("=", " ")
+        assert command[: len(entry)] == entry and entry[-1] == "atelier.serving.oip_front"
+        rest, cmd = command[len(entry) :], image["cmd"]
+        front, launched = rest[: rest.index("--launch")], rest[rest.index("--launch") :]
+        image_front, image_launched = cmd[: cmd.index("--launch")], cmd[cmd.index("--launch") :]
+        torchserve = ["--launch", "--", "nice", "-n", "5", "torchserve"]
+        assert launched[:6] == image_launched[:6] == torchserve
+
+        def flags(args: list[str]) -> set[str]:
+            return {a.split("=", 1)[0] for a in args if a.startswith("--")}
+
+        assert flags(launched) == flags(image_launched)
+        assert flags(image_front) <= flags(front) <= flags(image_front) | {"--model-name"}
+        chart_args = " ".join(command).replace("=", " ")
         for a in image["cmd"]:
             if "=" in a:
                 flag, value = a.split("=", 1)
-                assert f"{flag} {value}" in args, f"chart passes another {flag}"
+                assert f"{flag} {value}" in chart_args, f"chart passes another {flag}"
+
+
+def test_kserve_runtime_container_matches_the_image() -> None:
+    """The chart's command is the image's entrypoint with the image's flags (and the model,
+    the workers); its env agrees with the image's; its one port is the one the image exposes."""
+    image = dockerfile_runtime("services/kserve")
+    (c,) = container(chart.helm_template([KSERVE_RUNTIME_VALUES]), "atelier-kserve")
+    assert c["name"] == "kserve"
+    command = c["command"]
+    entry = image["entrypoint"]
+    assert command[: len(entry)] == entry, command
+    args = command[len(entry) :]
+    pairs = dict(zip(args[::2], args[1::2], strict=True))
+    image_flags = dict(a.split("=", 1) for a in image["cmd"])
+    for flag, value in image_flags.items():
+        assert pairs.get(flag) == value, f"chart passes {flag} {pairs.get(flag)!r}"
+    assert set(pairs) - set(image_flags) == {"--model-name", "--workers"}
+    env = env_of(c)
+    for key, value in image["env"].items():
+        if key in env:
+            assert env[key] == value, f"{key}: chart {env[key]!r}, image {value!r}"
+    assert "TMPDIR" in env, "the chart no longer sets TMPDIR"
+    assert {p["containerPort"] for p in c["ports"]} == image["expose"]
 
 
 def test_drift_container_matches_the_image(objects: list[dict[str, Any]]) -> None:

@@ -13,7 +13,8 @@ renders it, and its pods run on the images scripts/build-images.sh builds (the s
 3. Serving: the raw-mode Deployment (serving.mode=raw) on that claim serves version 1, through
    the pod's IP on the container ports the chart declares: Fashion-MNIST test images over raw
    PNG, KServe v1 and v2 get exactly the classes and probabilities (1e-5) of the published .mar
-   run in this process. The chart's exec readiness probe, run with `podman exec`, exits 0. The
+   run in this process. The chart's HTTP probes (the OIP front's ready and live routes) answer
+   200 from the host. The
    drift sidecar ingests every record, is the reporter and reports over them. The metrics
    endpoints the chart's ServiceMonitors scrape (their port and path, resolved through the
    Services they select to the container ports) answer with the metrics.
@@ -21,6 +22,13 @@ renders it, and its pods run on the images scripts/build-images.sh builds (the s
    against the serving pod and exits 0.
 5. `podman kube down` of every file played and the removal of the volumes leave no pod,
    container or volume of the run. The module fixture's finalizer does the same on failure.
+6. The KServe runtime (serving.runtime=kserve): a second release (its name starts with the
+   first's) renders the raw-mode Deployment with atelier's KServe runtime on the first
+   release's claim (modelStore.pvc.existingClaim, training off), and its pod runs from the
+   atelier-kserve image once the TorchServe pod is down: raw PNG and v2 get the published .mar's
+   classes and probabilities, the rendered httpGet probes answer 200 (the model is ready),
+   the monitor of job atelier-kserve scrapes the atelier_* series off the inference port, and
+   the drift sidecar ingests every record the runtime spooled. (Section 5 runs last.)
 
 Values (a user's choices, not adaptations): serving.mode=raw with one replica and autoscaling
 off; drift.store.type=sqlite, since one replica needs no database server, while the bundled
@@ -35,7 +43,7 @@ pure function below with a unit test; the chart is never changed for them:
 - job_as_pod: kube play rejects a Job; its pod template becomes a Pod named after the Job.
 - without_liveness_probes: kube play turns a livenessProbe into a podman healthcheck whose
   failures kill healthy containers. Readiness and startup probes are ignored by kube play and
-  are left as rendered; the test runs the readiness command itself with `podman exec`.
+  are left as rendered; the test sends their HTTP GETs itself.
 - private_empty_dirs: kube play makes an emptyDir a volume named after it, shared by every
   pod using that name ("tmp" is in all three pods); each becomes <pod>-<volume>.
 - with_service_alias: there is no cluster DNS. The test pod gets a hostAliases entry that
@@ -81,7 +89,6 @@ from support.kube_play import (
     PodInfo,
     containers_named,
     create_bind_volume,
-    exec_in,
     kube_down,
     kube_play,
     logs,
@@ -107,6 +114,7 @@ NAMESPACE = "atelier"
 MODEL = "fashion-mnist"
 VERSION = "1"
 N_IMAGES = 128  # raw PNG 16, v1 16, v2 96: more than the drift sidecar's min_rows (100)
+KSERVE_IMAGES = 64  # the KServe runtime's pod: raw PNG 16, one v2 request of 48
 TEST_HOOK = "helm.sh/hook"
 
 
@@ -270,13 +278,10 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("pods")
 
 
-@pytest.fixture(scope="module")
-def render(podman_required: None, folder: Path) -> Render:
-    """`helm template` of the chart with the values file; a release name of its own per run,
-    so every pod, claim and ConfigMap name (hence every podman name) is this run's."""
-    release = f"podtest-{secrets.token_hex(3)}"
-    values_file = folder / "values.yaml"
-    values_file.write_text(yaml.safe_dump(values(yaml.safe_load(SMOKE.read_text()))))
+def helm_template(release: str, chosen: dict[str, Any], folder: Path) -> Render:
+    """`helm template` of the chart with ``chosen`` as its values file."""
+    values_file = folder / f"{release}-values.yaml"
+    values_file.write_text(yaml.safe_dump(chosen))
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
     proc = subprocess.run(
         [str(HELM), "template", release, str(CHART), "--namespace", NAMESPACE,
@@ -285,8 +290,15 @@ def render(podman_required: None, folder: Path) -> Render:
     )  # fmt: skip
     if proc.returncode != 0:
         pytest.fail(f"helm template failed:\n{proc.stderr}")
-    objects = [o for o in yaml.safe_load_all(proc.stdout) if o]
-    return Render(release, objects)
+    return Render(release, [o for o in yaml.safe_load_all(proc.stdout) if o])
+
+
+@pytest.fixture(scope="module")
+def render(podman_required: None, folder: Path) -> Render:
+    """`helm template` of the chart with the values file; a release name of its own per run,
+    so every pod, claim and ConfigMap name (hence every podman name) is this run's."""
+    release = f"podtest-{secrets.token_hex(3)}"
+    return helm_template(release, values(yaml.safe_load(SMOKE.read_text())), folder)
 
 
 # --------------------------------------------------------------------------- the run
@@ -475,17 +487,29 @@ def serving(
     render: Render, run: Run, training: Training, test_images: tuple[np.ndarray, np.ndarray]
 ) -> Serving:
     deployment = render.get("Deployment", f"{render.fullname}-serving")
+    return play_serving(run, "serving", deployment, render.fullname, test_images)
+
+
+def play_serving(
+    run: Run,
+    name: str,
+    deployment: dict[str, Any],
+    fullname: str,
+    test_images: tuple[np.ndarray, np.ndarray],
+) -> Serving:
+    """kube play of a rendered serving Deployment on the training pod's claim, until the pod
+    answers a PNG with 200."""
     adapted = private_empty_dirs(
         without_liveness_probes(deployment), deployment["metadata"]["name"]
     )
     spec = pod_spec(adapted)
     assert volumes(spec)["store"]["persistentVolumeClaim"]["claimName"] == (
-        f"{render.fullname}-model-store"
+        f"{fullname}-model-store"
     )  # the claim the training pod wrote
     ports = {p["name"]: p["containerPort"] for c in spec["containers"] for p in c.get("ports", [])}
 
     started = time.monotonic()
-    played = run.play("serving", [adapted], timeout=300)
+    played = run.play(name, [adapted], timeout=300)
     assert played.returncode == 0, played.output
     (pod_id,) = played.pod_ids
     info = pod_info(pod_id)
@@ -506,7 +530,7 @@ def serving(
 
     wait_for(answers, timeout=240, what=f"a 200 from {url}")
     cold = time.monotonic() - started
-    print(f"\nserving pod: cold start {cold:.1f} s from kube play to the first 200 on /predictions")
+    print(f"\n{name} pod: cold start {cold:.1f} s from kube play to the first 200 on /predictions")
     serving = Serving(info, ip, ports, cold, deployment)
     serving.sent[0] += 1
     return serving
@@ -572,11 +596,19 @@ def test_kserve_v2(
         serving.sent[0] += len(batch)
 
 
-def test_readiness_probe_command_says_ready(serving: Serving) -> None:
-    """The chart's exec readiness probe, as rendered, run in the TorchServe container."""
-    probe = container(pod_spec(serving.deployment), "torchserve")["readinessProbe"]
-    result = exec_in(serving.pod.containers["torchserve"], probe["exec"]["command"])
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_probes_say_ready_and_live(serving: Serving) -> None:
+    """The chart's startup, readiness and liveness probes, as rendered: HTTP GETs on the OIP
+    front's port, which answer 200 for the served model (and 404 for another version)."""
+    spec = container(pod_spec(serving.deployment), "torchserve")
+    ports = {p["containerPort"]: p["name"] for p in spec["ports"]}
+    for name in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = spec[name]["httpGet"]
+        r = requests.get(serving.url(ports[get["port"]], get["path"]), timeout=10)
+        assert r.status_code == 200, (name, r.text)
+    ready = spec["readinessProbe"]["httpGet"]["path"]
+    assert ready == f"/v2/models/{MODEL}/ready"
+    other = serving.url("http", f"/v2/models/{MODEL}/versions/999/ready")
+    assert requests.get(other, timeout=10).status_code == 404
 
 
 def drift_metric(serving: Serving, name: str) -> float:
@@ -618,10 +650,17 @@ def test_drift_sidecar_ingests_and_reports(serving: Serving) -> None:
 def test_metrics_ports_answer_as_the_monitors_expect(serving: Serving, render: Render) -> None:
     """Each ServiceMonitor's endpoint (port name, path), resolved through the Service it
     selects to a container port of the serving pod, answers 200 with its metrics."""
+    scraped = scrape_as_the_monitors_do(serving, render)
+    assert "ts_inference_requests_total" in scraped["atelier-torchserve"]
+    assert "atelier_drift_records_ingested_total" in scraped["atelier-drift"]
+    assert set(scraped) == {"atelier-torchserve", "atelier-drift"}
+
+
+def scrape_as_the_monitors_do(serving: Serving, render: Render) -> dict[str, str]:
+    """job -> the text each monitor's endpoint answers (200, text/plain), found as Prometheus
+    finds it: the port name, through the Service the monitor selects, to a container port."""
     containers = pod_spec(serving.deployment)["containers"]
-    expected = {"atelier-torchserve": "ts_inference_requests_total",
-                "atelier-drift": "atelier_drift_records_ingested_total"}  # fmt: skip
-    seen = set()
+    scraped: dict[str, str] = {}
     for monitor in render.of_kind("ServiceMonitor") + render.of_kind("PodMonitor"):
         selector = monitor["spec"]["selector"]["matchLabels"]
         job = next(r["replacement"] for e in monitor_endpoints(monitor)
@@ -638,9 +677,8 @@ def test_metrics_ports_answer_as_the_monitors_expect(serving: Serving, render: R
             r = requests.get(f"http://{serving.ip}:{port}{endpoint['path']}", timeout=10)
             assert r.status_code == 200, (monitor["metadata"]["name"], r.status_code)
             assert r.headers["Content-Type"].startswith("text/plain")
-            assert expected[job] in r.text, (job, r.text[:500])
-            seen.add(job)
-    assert seen == set(expected)
+            scraped[job] = r.text
+    return scraped
 
 
 def matches(obj: dict[str, Any], selector: dict[str, str]) -> bool:
@@ -690,6 +728,124 @@ def test_helm_test_pod_passes(serving: Serving, render: Render, run: Run) -> Non
     print(f"\nhelm test pod: {output}")
     assert code == 0, output
     assert f"POST {url.geturl()} -> 200" in output
+
+
+# --------------------------------------------------------------------------- 6. KServe runtime
+
+
+def kserve_values(smoke: dict[str, Any], claim: str) -> dict[str, Any]:
+    """A second release that serves the first one's store with atelier's KServe runtime: raw
+    mode, serving.runtime=kserve, the existing claim, no training Job of its own."""
+    chosen = values(smoke)
+    chosen["training"] = {"enabled": False}
+    chosen["modelStore"] = {"type": "pvc", "pvc": {"create": False, "existingClaim": claim}}
+    chosen["serving"]["runtime"] = "kserve"
+    return chosen
+
+
+@pytest.fixture(scope="module")
+def kserve_render(render: Render, folder: Path) -> Render:
+    """The KServe runtime's release: its name starts with the first release's, so teardown's
+    checks cover it."""
+    claim = f"{render.fullname}-model-store"
+    smoke = yaml.safe_load(SMOKE.read_text())
+    return helm_template(f"{render.release}-ks", kserve_values(smoke, claim), folder)
+
+
+@pytest.fixture(scope="module")
+def kserve_serving(
+    kserve_render: Render,
+    render: Render,
+    run: Run,
+    training: Training,
+    built_images: dict[str, BuiltImage],
+    test_images: tuple[np.ndarray, np.ndarray],
+) -> Serving:
+    """The raw-mode Deployment with serving.runtime=kserve, played on the training pod's claim
+    (the store version 1 was published into). The TorchServe pod goes down first: kube play
+    4.3.1 publishes every containerPort on the host, so two serving pods cannot both hold the
+    inference and drift ports (the TorchServe tests above are done with it)."""
+    deployment = kserve_render.get("Deployment", f"{kserve_render.fullname}-serving")
+    images = {c["image"] for c in pod_spec(deployment)["containers"]}
+    assert images <= {b.ref for b in built_images.values()}, images
+    assert "atelier-kserve:" in " ".join(images)
+    kube_down(run.folder / "serving.yaml")
+    return play_serving(run, "kserve-serving", deployment, render.fullname, test_images)
+
+
+def test_kserve_runtime_serves_the_published_version(
+    kserve_serving: Serving, test_images: tuple[np.ndarray, np.ndarray], published: Classifier
+) -> None:
+    """Real test images over raw PNG and v2 (UINT8 tensors) get the .mar's classes and
+    probabilities (1e-5), as on TorchServe."""
+    x, _ = test_images
+    expected = published.predict_proba(x[:KSERVE_IMAGES])
+    for i in range(16):
+        r = requests.post(
+            kserve_serving.url("http", f"/predictions/{MODEL}"), data=encode_png(x[i]),
+            headers={"Content-Type": "image/png", "X-Request-Id": f"ks-raw-{i}"}, timeout=30,
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model_version"] == VERSION and body["request_id"] == f"ks-raw-{i}"
+        assert body["class_id"] == int(expected[i].argmax())
+        assert body["confidence"] == pytest.approx(float(expected[i].max()), abs=1e-5)
+    kserve_serving.sent[0] += 16
+    batch = x[16:KSERVE_IMAGES]
+    tensor = {"name": "x", "shape": list(batch.shape), "datatype": "UINT8",
+              "data": batch.reshape(-1).tolist()}  # fmt: skip
+    r = requests.post(
+        kserve_serving.url("http", f"/v2/models/{MODEL}/infer"),
+        json={"id": "ks-v2", "inputs": [tensor]}, timeout=60,
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["model_name"], body["model_version"], body["id"]) == (MODEL, VERSION, "ks-v2")
+    out = {o["name"]: o for o in body["outputs"]}
+    probs = np.array(out["probabilities"]["data"]).reshape(len(batch), -1)
+    np.testing.assert_allclose(probs, expected[16:], atol=1e-5)
+    kserve_serving.sent[0] += len(batch)
+
+
+def test_kserve_runtime_probes_pass(kserve_serving: Serving) -> None:
+    """kube play ignores probes: the rendered httpGet probes, sent to the pod as the kubelet
+    sends them, answer 200 (startup and readiness: the model is ready)."""
+    c = container(pod_spec(kserve_serving.deployment), "kserve")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = c[probe]["httpGet"]
+        r = requests.get(f"http://{kserve_serving.ip}:{get['port']}{get['path']}", timeout=10)
+        assert r.status_code == 200, (probe, r.status_code, r.text)
+    ready = c["readinessProbe"]["httpGet"]
+    r = requests.get(f"http://{kserve_serving.ip}:{ready['port']}{ready['path']}", timeout=10)
+    assert r.json() == {"name": MODEL, "ready": True}
+
+
+def test_kserve_runtime_metrics_as_the_monitors_scrape(
+    kserve_serving: Serving, kserve_render: Render
+) -> None:
+    """The ServiceMonitor of job atelier-kserve reaches /metrics on the inference port, with the
+    atelier_* series of the requests just served."""
+    scraped = scrape_as_the_monitors_do(kserve_serving, kserve_render)
+    assert set(scraped) == {"atelier-kserve", "atelier-drift"}
+    text = scraped["atelier-kserve"]
+    # raw: the fixture's first PNG, then the 16 of the test above; v2: one request.
+    for series in ('atelier_requests_total{code="200",model_name="fashion-mnist",'
+                   f'model_version="{VERSION}",protocol="raw"}} 17.0',
+                   'atelier_requests_total{code="200",model_name="fashion-mnist",'
+                   f'model_version="{VERSION}",protocol="v2"}} 1.0'):  # fmt: skip
+        assert series in text, text[:2000]
+    assert "atelier_handler_seconds_bucket{" in text and "atelier_batch_size_bucket{" in text
+
+
+def test_kserve_runtime_drift_sidecar_ingests_the_spool(kserve_serving: Serving) -> None:
+    sent = kserve_serving.sent[0]
+    assert sent >= KSERVE_IMAGES
+    wait_for(
+        lambda: drift_metric(kserve_serving, "atelier_drift_records_ingested_total") >= sent,
+        timeout=60, what=f"{sent} ingested records",
+    )  # fmt: skip
+    ready = requests.get(kserve_serving.url("drift", "/readyz"), timeout=10)
+    assert ready.status_code == 200 and f"version {VERSION}" in ready.json()["reason"]
 
 
 # --------------------------------------------------------------------------- 5. teardown

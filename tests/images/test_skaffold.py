@@ -34,7 +34,10 @@ ARTIFACTS = {
     "atelier-training": ("training-job", "training"),
     "atelier-serving": ("services/serving", "serving"),
     "atelier-drift": ("services/drift", "drift"),
+    "atelier-kserve": ("services/kserve", "serving.kserveRuntime"),
 }
+# Values that make the chart run each image: the KServe runtime's only with serving.runtime.
+RUNTIMES = ((), ("serving.runtime=kserve",))
 PROFILES = {"kind": ("raw", "bundled"), "kserve": ("kserve", "operator")}
 # Skaffold's image fields for Helm (pkg/skaffold/helm/args.go): per artifact, with "-" and
 # "/" in its name turned into "_".
@@ -197,11 +200,13 @@ def helm_args(release: dict[str, Any], digest: str = "") -> tuple[list[str], lis
     return list(release.get("valuesFiles") or []), sets
 
 
-def render(release: dict[str, Any], digest: str = "") -> list[dict[str, Any]]:
+def render(
+    release: dict[str, Any], digest: str = "", extra: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
     files, sets = helm_args(release, digest)
     return chart.helm_template(
         [ROOT / f for f in files],
-        sets,
+        [*sets, *extra],
         release=release["name"],
         namespace=release.get("namespace", "default"),
     )
@@ -282,7 +287,7 @@ def test_every_field_is_a_schema_field(config: dict[str, Any]) -> None:
                     assert isinstance(v, str), f"{where}.patches[{j}]: {k}: strings only"
 
 
-def test_artifacts_are_the_three_image_folders(config: dict[str, Any]) -> None:
+def test_artifacts_are_the_image_folders(config: dict[str, Any]) -> None:
     chart_values = values()
     artifacts = config["build"]["artifacts"]
     assert [a["image"] for a in artifacts] == list(ARTIFACTS)
@@ -345,7 +350,7 @@ def test_helm_release_is_the_chart(config: dict[str, Any]) -> None:
 def test_image_fields_reach_the_containers(config: dict[str, Any], digest: str) -> None:
     """Filled in as Skaffold fills them, the fields decide every atelier container's image."""
     release = effective(config, "kind")["deploy"]["helm"]["releases"][0]
-    images = {c["image"] for c in containers(render(release, digest))}
+    images = {c["image"] for extra in RUNTIMES for c in containers(render(release, digest, extra))}
     ours = {i for i in images if i.split(":")[0] in ARTIFACTS}
     suffix = f"@{digest}" if digest else ""
     expected = {f"{image}:{SAMPLE_TAG}{suffix}" for image in ARTIFACTS}

@@ -135,7 +135,7 @@ def is_uuid(text: str) -> bool:
     return True
 
 
-# --- KServe's own routes ----------------------------------------------------------------
+# --- health, metadata, routing -----------------------------------------------------------
 
 
 def test_kserve_health_ready_and_metadata_routes(kserve: KServeRuntime, clf: Classifier) -> None:
@@ -159,7 +159,7 @@ def test_kserve_health_ready_and_metadata_routes(kserve: KServeRuntime, clf: Cla
     }
 
 
-def test_unknown_model_or_version_is_kserves_404(kserve: KServeRuntime) -> None:
+def test_unknown_model_or_version_is_a_typed_404(kserve: KServeRuntime) -> None:
     png = encode_png(np.zeros((28, 28), np.uint8))
     base = kserve.inference_url
     paths = [
@@ -172,7 +172,10 @@ def test_unknown_model_or_version_is_kserves_404(kserve: KServeRuntime) -> None:
     for path in paths:
         r = post(base, path, png, "image/png")
         assert r.status_code == 404, (path, r.text)
-        assert "error" in r.json()
+        assert error_kind(r) == "model_not_found"
+        assert ("'nope' is not served" if "nope" in path else "no version '999'") in (
+            error_message(r)
+        )
 
 
 # --- good requests ------------------------------------------------------------------------

@@ -81,8 +81,9 @@ def test_readiness_is_the_model_state_and_metrics_are_prometheus(
 
 
 def test_every_torchserve_socket_listens_on_loopback_only(torchserve_server: TorchServe) -> None:
-    """Inference, management, metrics and both gRPC servers bind 127.0.0.1, on the ports
-    the launcher picked, so two servers on one machine never collide."""
+    """The OIP front, TorchServe's inference API behind it, management, metrics and both gRPC
+    servers bind 127.0.0.1, on the ports the launcher picked, so two servers on one machine
+    never collide."""
     assert torchserve_server.proc is not None
     procs = [psutil.Process(torchserve_server.proc.pid)]
     procs += procs[0].children(recursive=True)
@@ -93,7 +94,7 @@ def test_every_torchserve_socket_listens_on_loopback_only(torchserve_server: Tor
         if c.status == psutil.CONN_LISTEN
     }
     s = torchserve_server.s
-    expected = {s.inference_port, s.management_port, s.metrics_port, s.grpc_inference_port,
-                s.grpc_management_port}  # fmt: skip
+    expected = {s.inference_port, s.torchserve_inference_port, s.management_port,
+                s.metrics_port, s.grpc_inference_port, s.grpc_management_port}  # fmt: skip
     assert {port for _, port in listening} == expected
     assert {ip.removeprefix("::ffff:") for ip, _ in listening} == {"127.0.0.1"}

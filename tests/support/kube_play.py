@@ -15,7 +15,6 @@ machine):
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,11 +156,3 @@ def logs(container: str, tail: int = 60) -> str:
     nothing, so the whole log is read and cut here)."""
     result = podman("logs", container, check=False)
     return "\n".join((result.stdout + result.stderr).strip().splitlines()[-tail:])
-
-
-def exec_in(
-    container: str, argv: list[str], timeout: float = 30
-) -> subprocess.CompletedProcess[str]:
-    """``podman exec CONTAINER ARGV...`` (never ``podman healthcheck run``: in 4.3.1 it kills
-    healthy containers)."""
-    return podman("exec", container, *argv, timeout=timeout, check=False)

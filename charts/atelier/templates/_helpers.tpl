@@ -1,8 +1,9 @@
 {{/*
 General helpers of the atelier chart: names, labels, image references, ServiceAccounts,
 pull secrets, security contexts, the model store and the checks on values. Pod-spec fragments
-live beside them: _serving.tpl (TorchServe, the drift sidecar), _training.tpl (the training
-Job), _monitoring.tpl (rules, routes, the bundled stack). Every helper is prefixed with the
+live beside them: _serving.tpl (TorchServe, the drift sidecar), _runtime.tpl (the choice of
+model server, the KServe runtime), _training.tpl (the training Job), _monitoring.tpl (rules,
+routes, the bundled stack). Every helper is prefixed with the
 chart name.
 */}}
 

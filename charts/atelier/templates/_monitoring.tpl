@@ -118,7 +118,7 @@ scrape_configs:
     static_configs:
       - targets:
           - {{ printf "%s:9093" (include "atelier.componentName" (list . "alertmanager")) }}
-{{- range $job, $port := dict "atelier-torchserve" "metrics" "atelier-drift" "drift" }}
+{{- range $job, $port := dict (include "atelier.servingJob" .) (include "atelier.metricsPortName" .) "atelier-drift" "drift" }}
   - job_name: {{ $job }}
     kubernetes_sd_configs:
       - role: pod

@@ -1,6 +1,7 @@
 {{/*
 The serving pod's fragments, shared by the KServe objects (kserve.yaml) and raw mode
-(raw.yaml): the TorchServe container (command, environment, ports, probes, mounts), the drift
+(raw.yaml): the serving container (the OIP front and TorchServe behind it: command,
+environment, ports, probes, mounts), the drift
 sidecar, the pod's volumes and the object-store init container, and the decisions they rest
 on (which version is served, where from, Knative or not).
 */}}
@@ -39,25 +40,39 @@ storage layout (config/config.properties + model-store/<name>.mar).
 {{- if has .Values.serving.kserve.deploymentMode (list "Knative" "Serverless") -}}true{{- end -}}
 {{- end -}}
 
-{{/*
-The model-ready check: the management API (127.0.0.1 only) lists a READY worker of the model.
-TorchServe 0.12 answers /ping with Healthy before the model is loaded, and it serves no KServe
-readiness route (/v1/models/<name>, /v2/models/<name>/ready answer 404) without an envelope.
-*/}}
-{{- define "atelier.modelReadyCommand" -}}
-- python3
-- -c
-- >-
-  import json, sys, urllib.request;
-  d = json.load(urllib.request.urlopen("http://127.0.0.1:{{ .Values.serving.ports.management }}/models/{{ .Values.model.name }}", timeout=4));
-  sys.exit(0 if any(w.get("status") == "READY" for m in d for w in m.get("workers", [])) else 1)
-{{- end -}}
+{{/* TorchServe's own inference port, on 127.0.0.1 behind the OIP front (the image's default). */}}
+{{- define "atelier.torchserveInferencePort" -}}8085{{- end -}}
 
-{{/* The TorchServe container's command (the same in the ServingRuntime and in raw mode). */}}
+{{/*
+The serving container's command (the same in the ServingRuntime and in raw mode): tini as
+PID 1, then the OIP front (atelier.serving.oip_front) on the inference port. The front answers
+the Open Inference Protocol's health and metadata routes (TorchServe 0.12 serves none of them),
+forwards every other request to TorchServe on 127.0.0.1, and launches and supervises
+TorchServe: if either exits, the container exits non-zero. tini forwards SIGTERM to the front
+alone (no -g), which stops listening, lets the requests in flight finish, then stops
+TorchServe and its workers. TorchServe runs at niceness 5, so the front (a few percent of the
+CPU) is not queued behind busy workers. TorchServe's addresses come from its TS_* env vars
+below.
+*/}}
 {{- define "atelier.torchserveCommand" -}}
 - tini
-- -g
 - --
+- python
+- -m
+- atelier.serving.oip_front
+- --host
+- 0.0.0.0
+- --port
+- {{ .Values.serving.ports.inference | quote }}
+- --store
+- /mnt/models
+- --model-name
+- {{ .Values.model.name }}
+- --launch
+- --
+- nice
+- -n
+- "5"
 - torchserve
 - --start
 - --foreground
@@ -69,10 +84,13 @@ readiness route (/v1/models/<name>, /v2/models/<name>/ready answer 404) without 
 - /mnt/models/config/config.properties
 {{- end -}}
 
-{{/* The TorchServe container's environment: addresses, writable dirs, the feature spool. */}}
+{{/*
+The serving container's environment: TorchServe's addresses (inference and management on
+127.0.0.1, read by the front too; metrics on all addresses), writable dirs, the feature spool.
+*/}}
 {{- define "atelier.torchserveEnv" -}}
 - name: TS_INFERENCE_ADDRESS
-  value: http://0.0.0.0:{{ .Values.serving.ports.inference }}
+  value: http://127.0.0.1:{{ include "atelier.torchserveInferencePort" . }}
 - name: TS_MANAGEMENT_ADDRESS
   value: http://127.0.0.1:{{ .Values.serving.ports.management }}
 - name: TS_METRICS_ADDRESS
@@ -110,7 +128,7 @@ readiness route (/v1/models/<name>, /v2/models/<name>/ready answer 404) without 
 {{- end }}
 {{- end -}}
 
-{{/* TorchServe's ports. */}}
+{{/* The serving container's ports: the OIP front's (inference) and TorchServe's metrics. */}}
 {{- define "atelier.torchservePorts" -}}
 - name: {{ if include "atelier.knative" . }}http1{{ else }}http{{ end }}
   containerPort: {{ .Values.serving.ports.inference }}
@@ -122,26 +140,32 @@ readiness route (/v1/models/<name>, /v2/models/<name>/ready answer 404) without 
 {{- end }}
 {{- end -}}
 
-{{/* TorchServe's probes: startup and readiness = model ready; liveness = /ping. */}}
+{{/*
+The serving container's probes, on the OIP front: startup and readiness = the model's ready
+route (TorchServe's management API lists a READY worker of the served version; TorchServe's
+/ping says Healthy before the model is loaded); liveness = /v2/health/live (the front answers;
+it exits when TorchServe does).
+*/}}
 {{- define "atelier.torchserveProbes" -}}
 {{- $p := .Values.serving.probes -}}
+{{- $ready := printf "/v2/models/%s/ready" .Values.model.name -}}
 startupProbe:
-  exec:
-    command:
-      {{- include "atelier.modelReadyCommand" . | nindent 6 }}
+  httpGet:
+    path: {{ $ready }}
+    port: {{ .Values.serving.ports.inference }}
   periodSeconds: {{ $p.startup.periodSeconds }}
   timeoutSeconds: {{ $p.startup.timeoutSeconds }}
   failureThreshold: {{ $p.startup.failureThreshold }}
 readinessProbe:
-  exec:
-    command:
-      {{- include "atelier.modelReadyCommand" . | nindent 6 }}
+  httpGet:
+    path: {{ $ready }}
+    port: {{ .Values.serving.ports.inference }}
   periodSeconds: {{ $p.readiness.periodSeconds }}
   timeoutSeconds: {{ $p.readiness.timeoutSeconds }}
   failureThreshold: {{ $p.readiness.failureThreshold }}
 livenessProbe:
   httpGet:
-    path: /ping
+    path: /v2/health/live
     port: {{ .Values.serving.ports.inference }}
   periodSeconds: {{ $p.liveness.periodSeconds }}
   timeoutSeconds: {{ $p.liveness.timeoutSeconds }}
@@ -343,14 +367,16 @@ version's archive into the drift sidecar's store folder (the layout load_referen
 {{- end -}}
 
 {{/*
-The KEDA triggers' query: monitoring/prometheus/queries/autoscaling.yml (inference_rate) with
-$namespace and $model filled in. Raw mode's ScaledObject and KServe's External metric use it.
+The KEDA triggers' query: monitoring/prometheus/queries/autoscaling.yml (inference_rate, or
+inference_rate_kserve for the KServe runtime) with $namespace and $model filled in. Raw mode's
+ScaledObject and KServe's External metric use it.
 */}}
 {{- define "atelier.kedaQuery" -}}
 {{- $doc := .Files.Get "files/prometheus/queries/autoscaling.yml" | fromYaml -}}
-{{- $q := dig "queries" "inference_rate" "" $doc -}}
+{{- $key := ternary "inference_rate_kserve" "inference_rate" (eq .Values.serving.runtime "kserve") -}}
+{{- $q := dig "queries" $key "" $doc -}}
 {{- if not $q -}}
-{{- fail "files/prometheus/queries/autoscaling.yml: no queries.inference_rate (run atelier chart sync)" -}}
+{{- fail (printf "files/prometheus/queries/autoscaling.yml: no queries.%s (run atelier chart sync)" $key) -}}
 {{- end -}}
 {{- $q | replace "$namespace" .Release.Namespace | replace "$model" .Values.model.name -}}
 {{- end -}}

@@ -9,7 +9,7 @@ import logging
 
 import typer
 
-from atelier.cli import drift, loadtest, models, serving, training
+from atelier.cli import drift, loadtest, models, serving, training, tuning
 from atelier.cli.bench import bench_app
 from atelier.cli.chart import chart_app
 from atelier.cli.dashboards import dashboards_app
@@ -31,6 +31,8 @@ app.add_typer(models_app, name="models")
 
 app.command()(training.train)
 app.command()(training.archive)
+app.command()(tuning.tune)
+app.command("tune-worker", hidden=True)(tuning.tune_worker)
 app.command()(models.promote)
 app.command()(serving.serve)
 app.command(context_settings=drift.CONTEXT, add_help_option=False)(drift.drift)

@@ -1,4 +1,4 @@
-"""`atelier bench train | tracking | serve | drift | capacity`: benchmarks that print a table."""
+"""`atelier bench train | tune | tracking | serve | drift | capacity`: tables of measurements."""
 
 from __future__ import annotations
 
@@ -21,6 +21,28 @@ def bench_train(
     from atelier.tools.bench.train import bench_train as run
 
     run(configs, out)
+
+
+@bench_app.command("tune")
+def bench_tune(
+    config: Annotated[
+        Path, typer.Option("--config", help="base config, also the hand-tuned comparison")
+    ] = Path("training-job/configs/fashion-mnist.yaml"),
+    space: Annotated[
+        Path | None, typer.Option("--space", help="search space (default: the packaged one)")
+    ] = None,
+    trials: Annotated[int, typer.Option("--trials", help="trials in the search")] = 20,
+    workers: Annotated[int, typer.Option("--workers", help="worker processes")] = 2,
+    folds: Annotated[int | None, typer.Option("--folds", help="k-fold CV (k >= 2)")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override both arms: key.sub=value")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="where the runs go")] = Path("runs/bench-tune"),
+) -> None:
+    """A search with W workers against the hand-tuned config trained for as long (a table)."""
+    from atelier.tools.bench.tune import bench_tune as run
+
+    run(config, space, trials, workers, folds, set_ or [], out)
 
 
 @bench_app.command("tracking")
@@ -56,18 +78,29 @@ def bench_serve(
     seconds: Annotated[float, typer.Option("--seconds", min=1.0, help="each wrk run")] = 5.0,
     concurrency: Annotated[list[int] | None, typer.Option("--concurrency", "-c", min=1)] = None,
     runtime: Annotated[
-        list[str] | None, typer.Option("--runtime", help="torchserve and/or kserve")
+        list[str] | None,
+        typer.Option(
+            "--runtime",
+            help="torchserve, kserve, and the peers kserve-model (a bare kserve.Model) and "
+            "fastapi (a plain FastAPI app); default: all four",
+        ),
+    ] = None,
+    kserve_workers: Annotated[
+        int | None,
+        typer.Option("--kserve-workers", min=1, help="KServe runtime processes (default: cores)"),
     ] = None,
 ) -> None:
-    """In-process limit against TorchServe and KServe under wrk; prints a table."""
+    """In-process limit against TorchServe, KServe and two peers under wrk; prints tables."""
     from atelier.runtime.errors import ConfigError
+    from atelier.tools.bench.serve import PEER_TARGETS
     from atelier.tools.bench.serve import bench_serve as run
 
-    runtimes = runtime or ["torchserve", "kserve"]
-    unknown = sorted(set(runtimes) - {"torchserve", "kserve"})
+    known = ["torchserve", "kserve", *PEER_TARGETS]
+    runtimes = runtime or known
+    unknown = sorted(set(runtimes) - set(known))
     if unknown:
-        raise ConfigError(f"--runtime {', '.join(unknown)}: choose torchserve or kserve")
-    run(store, out, seconds, concurrency or [1, 8, 32], runtimes)
+        raise ConfigError(f"--runtime {', '.join(unknown)}: choose {', '.join(known)}")
+    run(store, out, seconds, concurrency or [1, 8, 32], runtimes, kserve_workers)
 
 
 @bench_app.command("drift")

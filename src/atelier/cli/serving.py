@@ -80,6 +80,17 @@ def serve(
         Path | None,
         typer.Option("--run-dir", help="logs and temp files (default: runs/<runtime>)"),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="kserve only: server processes on --port, each with the model loaded "
+            "(default: $ATELIER_KSERVE_WORKERS, else 1); TorchServe's come from the store's "
+            "config.properties",
+        ),
+    ] = None,
 ) -> None:
     """Run TorchServe or KServe on the store in the foreground until SIGTERM or Ctrl-C."""
     import signal
@@ -117,7 +128,9 @@ def serve(
     server: TorchServe | KServeRuntime
     if runtime is Runtime.kserve:
         server = KServeRuntime(
-            KServeSettings(store=store, run_dir=run_dir, model_name=model, http_port=port)
+            KServeSettings(
+                store=store, run_dir=run_dir, model_name=model, http_port=port, workers=workers
+            )
         )
         name = "KServe"
         urls = {
@@ -139,9 +152,12 @@ def serve(
                 grpc_management_port=grpc_management_port,
             )
         )
-        name = "TorchServe"
+        name = "TorchServe (behind the OIP front)"
         urls = {
             "predictions": f"{server.inference_url}/predictions/{model}",
+            "v1": f"{server.inference_url}/v1/models/{model}:predict",
+            "v2": f"{server.inference_url}/v2/models/{model}/infer",
+            "ready": f"{server.inference_url}/v2/models/{model}/ready",
             "management": f"{server.management_url}/models/{model}",
             "metrics": f"{server.metrics_url}/metrics",
         }

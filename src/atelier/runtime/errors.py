@@ -145,6 +145,14 @@ class SLOBreachError(LoadTestError):
     kind = "slo_breach"
 
 
+class TuningError(AtelierError):
+    """`atelier tune` could not finish its search: trials left unrun (its workers exited) or
+    none completed."""
+
+    exit_code = 12
+    kind = "tuning_failed"
+
+
 # --- Serving: every bad request is one of these, answered with http_status (never a 5xx),
 # the kind in the X-Atelier-Error header, and the body http_answer builds for its protocol.
 
@@ -231,6 +239,30 @@ REQUEST_ERRORS: tuple[type[RequestError], ...] = (
     ImageTooLargeError,
     InvalidRequestIdError,
 )
+
+
+# --- Serving: health, metadata and routing (atelier.runtime.oip, the OIP front)
+
+
+class ModelNotFoundError(AtelierError):
+    """A model name, or a version of it, that this server does not serve."""
+
+    http_status = 404
+    kind = "model_not_found"
+
+
+class ModelNotReadyError(AtelierError):
+    """The served model cannot answer yet (loading, or no worker ready)."""
+
+    http_status = 503
+    kind = "model_not_ready"
+
+
+class UpstreamUnavailableError(AtelierError):
+    """The OIP front cannot reach the model server behind it (TorchServe)."""
+
+    http_status = 503
+    kind = "upstream_unavailable"
 
 
 # Every error answer of every server carries its kind here, whatever the body's shape.

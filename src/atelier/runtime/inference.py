@@ -2,14 +2,14 @@
 
 Used by evaluation at training time and by every serving runtime, so all of them run the
 same preprocessing and forward pass. Only numpy, Pillow and torch are imported (plus the
-sibling modules): this module ships inside the .mar.
+sibling modules): this module ships inside the .mar. The model's spec (``ModelSpec``, its
+``model_config.json``) lives in atelier.runtime.spec, which imports no torch.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,32 +18,9 @@ import torch
 
 from atelier.runtime.model import build_model
 from atelier.runtime.preprocess import bytes_to_array, normalize
+from atelier.runtime.spec import MODEL_CONFIG_FILE, ModelSpec
 
-MODEL_CONFIG_FILE = "model_config.json"
 WEIGHTS_FILE = "weights.pt"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to rebuild the network and feed it: written next to the weights."""
-
-    arch: str
-    in_channels: int
-    image_size: int
-    num_classes: int
-    class_names: list[str]
-    mean: list[float]
-    std: list[float]
-    dropout: float = 0.25
-    name: str = "model"
-    version: str = "0"
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_file(cls, path: Path) -> ModelSpec:
-        return cls(**json.loads(path.read_text()))
 
 
 class Classifier:

@@ -49,7 +49,8 @@ BATCH_SIZE = Metric(
 )  # fmt: skip
 BATCH_REQUESTS = Metric(
     "atelier_batch_requests", "histogram", "requests",
-    "Requests per batch (1: KServe does not batch)", buckets=BATCH_BUCKETS,
+    "Requests per batch (TorchServe's batches, the KServe runtime's micro-batches)",
+    buckets=BATCH_BUCKETS,
 )  # fmt: skip
 REQUESTS = Metric(
     "atelier_requests_total", "counter", "requests", "Answered requests",

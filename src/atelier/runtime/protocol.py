@@ -51,7 +51,7 @@ from atelier.runtime.errors import (
     WrongDatatypeError,
     WrongShapeError,
 )
-from atelier.runtime.inference import ModelSpec
+from atelier.runtime.oip import BINARY_HEADER, OUTPUT_NAMES, V2_DATATYPES
 from atelier.runtime.preprocess import (
     MAX_IMAGE_PIXELS,
     MAX_REQUEST_PIXELS,
@@ -61,13 +61,12 @@ from atelier.runtime.preprocess import (
     bytes_to_array,
 )
 from atelier.runtime.records import MAX_REQUEST_ID_LENGTH, REQUEST_ID_PATTERN
+from atelier.runtime.spec import ModelSpec
 
-OUTPUT_NAMES = ("probabilities", "label")
-V2_DATATYPES = ("UINT8", "FP32", "BYTES")
+# OUTPUT_NAMES, V2_DATATYPES and BINARY_HEADER come from atelier.runtime.oip, which makes
+# every runtime's OIP metadata from them.
 # Bytes per value of the fixed-size datatypes in binary form (little-endian).
 BINARY_DTYPES: dict[str, np.dtype[Any]] = {"UINT8": np.dtype("u1"), "FP32": np.dtype("<f4")}
-# The header that says where the JSON of a binary tensor data request or answer ends.
-BINARY_HEADER = "Inference-Header-Content-Length"
 IMAGE_FILE_FIELDS = ("data", "file", "image", "body")
 
 

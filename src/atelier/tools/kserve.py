@@ -16,9 +16,19 @@ from atelier.tools.process import ProcessSettings, ServerProcess, free_port
 LOG_FILE = "kserve.out"
 
 
+# uvicorn logs this once per worker, when the worker serves (its model is loaded).
+WORKER_STARTED = "Application startup complete."
+
+
 @dataclass
 class KServeSettings(ProcessSettings):
     http_port: int = field(default_factory=free_port)
+    # None: the runtime's own defaults ($ATELIER_KSERVE_WORKERS or 1 worker; the batch size
+    # and delay of the store's config.properties; torch threads = cores / workers).
+    workers: int | None = None
+    batch_size: int | None = None
+    max_batch_delay_ms: int | None = None
+    torch_threads: int | None = None
 
 
 class KServeRuntime(ServerProcess):
@@ -55,7 +65,17 @@ class KServeRuntime(ServerProcess):
             str(self.s.http_port),
             "--work-dir",
             str(self.s.run_dir / "tmp"),
+            *self.tuning_flags(),
         ]
+
+    def tuning_flags(self) -> list[str]:
+        flags = {
+            "--workers": self.s.workers,
+            "--batch-size": self.s.batch_size,
+            "--max-batch-delay-ms": self.s.max_batch_delay_ms,
+            "--torch-threads": self.s.torch_threads,
+        }
+        return [part for flag, v in flags.items() if v is not None for part in (flag, str(v))]
 
     def environment(self) -> dict[str, str]:
         tmp = self.s.run_dir / "tmp"
@@ -75,11 +95,20 @@ class KServeRuntime(ServerProcess):
             raise ServerError(f"{mar} does not exist", hint="run atelier archive first")
 
     def is_ready(self) -> bool:
+        """The model answers ready, and with several workers every one of them serves."""
         try:
             r = requests.get(f"{self.inference_url}/v2/models/{self.s.model_name}/ready", timeout=2)
         except requests.RequestException:
             return False
-        return r.status_code == 200
+        if r.status_code != 200:
+            return False
+        workers = self.s.workers or 1
+        return workers == 1 or self.workers_started() >= workers
+
+    def workers_started(self) -> int:
+        if not self.log_path.is_file():
+            return 0
+        return self.log_path.read_text(errors="replace").count(WORKER_STARTED)
 
     def describe(self) -> str:
         return json.dumps({"inference": self.inference_url, "metrics": self.metrics_url})

@@ -89,6 +89,11 @@ class ServerProcess:
     def is_ready(self) -> bool:
         raise NotImplementedError
 
+    def terminate(self) -> None:
+        """Ask the server to stop: SIGTERM to its whole process group by default."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGTERM)  # start_new_session: the group id is its pid
+
     # --- shared
     @property
     def log_path(self) -> Path:
@@ -134,7 +139,7 @@ class ServerProcess:
             return
         pgid = self.proc.pid  # start_new_session: the group id is the child's pid
         try:
-            os.killpg(pgid, signal.SIGTERM)
+            self.terminate()
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(pgid, signal.SIGKILL)

@@ -72,6 +72,10 @@ class StackSettings:
     group_wait: str | None = None
     group_interval: str | None = None
     repeat_interval: str | None = None
+    # Shorter pending periods for some alerts (a test's time-lapse): alert name, or
+    # "name:severity" for one of several rules of that name -> its `for`. The rules'
+    # expressions, labels and routing stay as written; the other rules keep their `for`.
+    alert_for: dict[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
@@ -88,6 +92,12 @@ class StackSettings:
             if value is not None and (not _DURATION.match(value) or duration_seconds(value) <= 0):
                 raise ConfigError(
                     f"{name}={value!r} is not a Prometheus duration", hint="use e.g. 1s, 15s, 1m"
+                )
+        for key, value in self.alert_for.items():
+            if not _DURATION.match(value):
+                raise ConfigError(
+                    f"alert_for[{key!r}]={value!r} is not a Prometheus duration",
+                    hint="use e.g. 10s, 1m",
                 )
         for name in ("torchserve", "kserve", "drift"):
             for address in getattr(self, name):
@@ -137,6 +147,8 @@ def render_prometheus_config(settings: StackSettings, source: Path | None = None
     if timeout and duration_seconds(timeout) > duration_seconds(settings.scrape_interval):
         glob["scrape_timeout"] = settings.scrape_interval  # Prometheus: timeout <= interval
     cfg["rule_files"] = [str(base / rule) for rule in cfg.get("rule_files", [])]
+    if settings.alert_for:
+        cfg["rule_files"] = [str(p) for p in retimed_rule_files(settings, cfg["rule_files"])]
 
     def absolute_sd(block: dict[str, Any]) -> None:
         for sd in block.get("file_sd_configs", []):
@@ -147,6 +159,35 @@ def render_prometheus_config(settings: StackSettings, source: Path | None = None
     for job in cfg.get("scrape_configs", []):
         absolute_sd(job)
     return cfg
+
+
+def retimed_rule_files(settings: StackSettings, patterns: list[str]) -> list[Path]:
+    """Copies of the rule files under run_dir/rules/ with settings.alert_for's pending periods;
+    everything else as written. A key that matches no alerting rule is a ConfigError."""
+    out_dir = settings.run_dir / "rules"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    written = []
+    for pattern in patterns:
+        base = Path(pattern)
+        for source in sorted(base.parent.glob(base.name)):
+            rules = _load_yaml(source)
+            for group in rules.get("groups", []):
+                for rule in group.get("rules", []):
+                    name = rule.get("alert")
+                    severity = rule.get("labels", {}).get("severity")
+                    for key in (f"{name}:{severity}", name):
+                        if key in settings.alert_for:
+                            rule["for"] = settings.alert_for[key]
+                            used.add(key)
+                            break
+            target = out_dir / source.name
+            target.write_text(yaml.safe_dump(rules, sort_keys=False))
+            written.append(target)
+    unknown = sorted(set(settings.alert_for) - used)
+    if unknown:
+        raise ConfigError(f"alert_for names no alerting rule: {', '.join(unknown)}")
+    return written
 
 
 def render_alertmanager_config(

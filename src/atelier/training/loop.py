@@ -6,6 +6,7 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,13 +138,26 @@ def check_out_dir(out_dir: Path, resume: bool) -> None:
         )
 
 
+# Called after every epoch with the epoch number and its metrics.jsonl row; an exception it
+# raises stops the run (`atelier tune` reports to Optuna here and prunes by raising).
+EpochCallback = Callable[[int, dict[str, Any]], None]
+
+
 def train(
-    cfg: TrainConfig, out_dir: Path, resume: bool = False, tracker: Tracker | None = None
+    cfg: TrainConfig,
+    out_dir: Path,
+    resume: bool = False,
+    tracker: Tracker | None = None,
+    *,
+    splits: Splits | None = None,
+    on_epoch_end: EpochCallback | None = None,
 ) -> RunResult:
     """Train per ``cfg`` into ``out_dir``. Raises GateFailedError below the quality gate.
 
     ``tracker`` (atelier.training.tracking) hears of the data, every epoch and the final
-    metrics and files, before the gate is applied."""
+    metrics and files, before the gate is applied. ``splits`` replaces the data ``cfg.data``
+    names (`atelier tune`: cached data, k-fold splits); ``on_epoch_end`` is called after each
+    epoch's checkpoint is written."""
     threads = cfg.train.threads or max(1, os.cpu_count() or 1)
     torch.set_num_threads(threads)
     seed_everything(cfg.train.seed)
@@ -152,7 +166,7 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "checkpoints").mkdir(exist_ok=True)
 
-    splits = load_splits(cfg.data, cfg.train.seed)
+    splits = splits or load_splits(cfg.data, cfg.train.seed)
     console.print(f"data: {cfg.data.source} {splits.sizes()} classes={len(splits.class_names)}")
     if tracker is not None:
         tracker.data_loaded(splits.identity)
@@ -290,6 +304,8 @@ def train(
                 ckpt_path.with_suffix(".tmp"),
             )
             os.replace(ckpt_path.with_suffix(".tmp"), ckpt_path)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, row)
     torch.save(model.state_dict(), out_dir / "checkpoints" / "last_weights.pt")
 
     clf = Classifier.from_dir(out_dir)

@@ -117,3 +117,40 @@ def test_webhook_receiver_records_by_receiver_and_refuses_bad_bodies(tmp_path: P
         assert len(lines) == 1 and json.loads(lines[0])["receiver"] == "page"
     finally:
         hook.stop()
+
+
+def test_alert_for_retimes_the_named_rules_only(tmp_path: Path) -> None:
+    retimed = {"ModelServerDown": "10s", "ErrorBudgetBurn:page": "5s"}
+    cfg = render_prometheus_config(settings(tmp_path, alert_for=retimed))
+    files = [Path(f) for f in cfg["rule_files"]]
+    assert {f.name for f in files} == {"alerts.yml", "recording.yml", "slo.yml"}
+    assert all(f.parent == tmp_path / "rules" for f in files)
+    source = yaml.safe_load(project_file("monitoring/prometheus/rules/alerts.yml").read_text())
+    written = yaml.safe_load((tmp_path / "rules" / "alerts.yml").read_text())
+    pairs = [
+        (a, b)
+        for ga, gb in zip(source["groups"], written["groups"], strict=True)
+        for a, b in zip(ga["rules"], gb["rules"], strict=True)
+    ]
+    changed = {
+        (b["alert"], b["labels"]["severity"], b["for"])
+        for a, b in pairs
+        if a.get("for") != b.get("for")
+    }
+    assert changed == {("ModelServerDown", "page", "10s"), ("ErrorBudgetBurn", "page", "5s")}
+    for a, b in pairs:
+        assert {k: v for k, v in a.items() if k != "for"} == {
+            k: v for k, v in b.items() if k != "for"
+        }
+
+
+@pytest.mark.parametrize(
+    ("alert_for", "named"),
+    [
+        ({"ModelServerDown": "ten seconds"}, "ModelServerDown"),
+        ({"NoSuchAlert": "10s"}, "NoSuchAlert"),
+    ],
+)
+def test_alert_for_names_a_bad_entry(tmp_path: Path, alert_for: dict, named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        render_prometheus_config(settings(tmp_path, alert_for=alert_for))

@@ -33,3 +33,22 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
         return np.arange(len(labels))
     _, subset = stratified_split(labels, n / len(labels), seed)
     return subset
+
+
+def stratified_folds(labels: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
+    """Indices of ``k`` disjoint folds that together cover ``labels``, each with about
+    1/k of every class (stratified k-fold). Every class needs at least ``k`` members."""
+    if k < 2:
+        raise ValueError(f"k-fold needs k >= 2, got {k}")
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in range(k)]
+    offset = 0
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        idx = idx[rng.permutation(len(idx))]
+        # Rotate which folds get the remainder so fold sizes stay within one of each other.
+        chunks = np.array_split(idx, k)
+        for i, chunk in enumerate(chunks):
+            parts[(i + offset) % k].append(chunk)
+        offset += len(idx) % k
+    return [np.sort(np.concatenate(p)) for p in parts]

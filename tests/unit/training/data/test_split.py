@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from atelier.training.data.split import stratified_split, stratified_subset
+from atelier.training.data.split import stratified_folds, stratified_split, stratified_subset
 
 pytestmark = pytest.mark.unit
 
@@ -77,3 +77,25 @@ def test_subset_larger_than_data_is_everything() -> None:
     y = np.array([0, 1, 0, 1, 2])
     np.testing.assert_array_equal(stratified_subset(y, 5, seed=0), np.arange(5))
     np.testing.assert_array_equal(stratified_subset(y, 50, seed=0), np.arange(5))
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_stratified_folds_partition_the_labels_with_every_class_in_every_fold(k: int) -> None:
+    labels = np.repeat(np.arange(4), [10, 11, 13, 17])
+    folds = stratified_folds(labels, k, seed=3)
+    assert len(folds) == k
+    every = np.sort(np.concatenate(folds))
+    assert (every == np.arange(len(labels))).all()  # disjoint and complete
+    sizes = [len(f) for f in folds]
+    assert max(sizes) - min(sizes) <= 1
+    for fold in folds:
+        counts = np.bincount(labels[fold], minlength=4)
+        expected = np.bincount(labels) / k
+        assert (np.abs(counts - expected) < 1).all()
+    again = stratified_folds(labels, k, seed=3)
+    assert all((a == b).all() for a, b in zip(folds, again, strict=True))
+
+
+def test_stratified_folds_refuse_one_fold() -> None:
+    with pytest.raises(ValueError, match="k >= 2"):
+        stratified_folds(np.zeros(10, dtype=np.int64), 1, seed=0)

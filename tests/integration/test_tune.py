@@ -1,0 +1,129 @@
+"""`atelier tune` with two real worker processes on one SQLite study: exactly the requested
+trials, pruned trials marked PRUNED, a worker killed with SIGKILL mid-trial whose trial the
+heartbeat fails while the other worker finishes the study, and a best config `atelier train`
+reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from atelier.tools.paths import project_file
+from atelier.training.config import load_config
+from atelier.training.tune.report import best_config
+
+pytestmark = pytest.mark.integration
+
+TRIALS = 6
+# Random sampling with seed 24: worker 0 draws lr 0.02, 1e-7, 0.02, ...; worker 1 draws
+# 0.02, 1e-7, 0.02, ... So whichever worker survives the kill completes a trial with the
+# good rate first, and its next trial (the useless 1e-7) is below the median of the completed
+# trials after its one epoch: pruned (the pruner prunes after one completed trial).
+SPACE = """\
+sampler: {name: random, seed: 24}
+pruner: {name: median, n_startup_trials: 1}
+heartbeat: {interval_seconds: 1, grace_seconds: 10}
+params:
+  optim.lr: {type: categorical, choices: [0.02, 1.0e-7]}
+  model.dropout: {type: float, low: 0.0, high: 0.3}
+"""
+OVERRIDES = [
+    "data.train_limit=500",
+    "data.test_limit=100",
+    "train.epochs=1",
+    "train.batch_size=32",
+    "gate.min_accuracy=0",
+]
+
+
+def test_two_workers_share_one_study_and_a_killed_workers_trial_fails(tmp_path: Path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    out = tmp_path / "tune"
+    cmd = [sys.executable, "-m", "atelier", "tune", "--config", "training-job/configs/smoke.yaml"]
+    for item in OVERRIDES:
+        cmd += ["--set", item]
+    cmd += ["--space", str(space), "--trials", str(TRIALS), "--workers", "2", "--out", str(out)]
+    log = (tmp_path / "tune.log").open("w+")
+    proc = subprocess.Popen(
+        cmd, cwd=project_file("."), stdout=log, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        storage = f"sqlite:///{out / 'study.db'}"
+        killed = kill_a_worker_mid_trial(out, storage, proc)
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log.seek(0)
+    output = log.read()
+    assert proc.returncode == 0, output
+
+    study = optuna.load_study(study_name="fashion-mnist", storage=storage)
+    trials = study.get_trials()
+    states = [t.state for t in trials]
+    # Exactly the requested trials, every one finished, none left running.
+    assert len(trials) == TRIALS, states
+    by_state = {s: [t for t in trials if t.state == s] for s in TrialState}
+    n = {s.name: len(v) for s, v in by_state.items()}
+    assert n["COMPLETE"] + n["PRUNED"] + n["FAIL"] == TRIALS, n
+    # The killed worker's trial was failed by the heartbeat, and only that one.
+    assert [t.number for t in by_state[TrialState.FAIL]] == [killed], n
+    assert "with signal SIGKILL" in output
+    # Pruned trials stopped after the epoch the pruner saw, below the completed ones.
+    assert n["PRUNED"] >= 1, n
+    best = max(t.value for t in by_state[TrialState.COMPLETE])
+    for t in by_state[TrialState.PRUNED]:
+        assert list(t.intermediate_values) == [1]
+        assert t.value is not None and t.value <= best
+        assert not (Path(t.user_attrs["run_dir"]) / "metrics.json").exists()
+    assert n["COMPLETE"] >= 1
+    for t in by_state[TrialState.COMPLETE]:
+        assert (Path(t.user_attrs["run_dir"]) / "metrics.json").is_file()
+    # Both workers ran trials; the survivor ran every trial after the kill.
+    assert {t.user_attrs["worker"] for t in trials} == {0, 1}
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {k: v for k, v in n.items() if v}
+    assert summary["best"]["number"] == study.best_trial.number
+    for stem in ("optimization_history", "intermediate_values", "param_importances"):
+        assert (out / "plots" / f"{stem}.png").stat().st_size > 1000
+        assert "<svg" in (out / "plots" / f"{stem}.html").read_text()
+    assert f"{TRIALS}/{TRIALS} trials finished" in output
+
+    # The best config is a training YAML that `atelier train --config` reads: load_config is
+    # the command's first step (training on it would prove nothing more and cost seconds).
+    cfg = load_config(out / "best.yaml")
+    base = load_config(project_file("training-job/configs/smoke.yaml"), OVERRIDES)
+    assert cfg == best_config(base, study.best_trial)
+    assert cfg.optim.lr == study.best_params["optim.lr"] == 0.02
+    assert cfg.train.threads is None  # the trial's threads are not carried over
+
+
+def kill_a_worker_mid_trial(out: Path, storage: str, proc: subprocess.Popen[str]) -> int:
+    """Wait until a worker is training a trial (its run folder exists), SIGKILL that worker;
+    the trial's number."""
+    deadline = time.monotonic() + 300
+    while not (out / "workers").is_dir():  # made once the study exists
+        assert proc.poll() is None and time.monotonic() < deadline, "no study was created"
+        time.sleep(0.2)
+    study = optuna.load_study(study_name="fashion-mnist", storage=storage)
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "atelier tune ended before a worker could be killed"
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            pid, run_dir = t.user_attrs.get("pid"), t.user_attrs.get("run_dir")
+            if pid is not None and run_dir is not None and Path(run_dir).is_dir():
+                os.kill(pid, signal.SIGKILL)
+                return t.number
+        time.sleep(0.2)
+    raise AssertionError("no trial started training within 300 s")
