@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,9 +34,7 @@ from atelier.training.evaluate import (
 )
 from atelier.training.model_card import write_model_card
 from atelier.training.plots import augmentation_grid_png, confusion_matrix_png, training_curves_png
-
-if TYPE_CHECKING:
-    from atelier.training.tracking import Tracker
+from atelier.training.tracking import Tracker, git_commit
 
 REFERENCE_FILE = "reference_profile.csv"
 METRICS_FILE = "metrics.json"
@@ -106,24 +104,6 @@ def _evaluate_loss_acc(
         total_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
         correct += int((logits.argmax(1) == yb).sum())
     return total_loss / len(x), correct / len(x)
-
-
-def git_commit() -> str:
-    """The checkout's commit, or "unknown" (an installed package, an image)."""
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-            check=False,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _check_resume(cfg: TrainConfig, saved: dict[str, Any]) -> None:

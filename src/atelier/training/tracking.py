@@ -37,6 +37,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -141,6 +142,22 @@ def load_tracking_settings(**flags: Any) -> TrackingSettings:
 
 
 # --- pure pieces
+
+
+def git_commit() -> str:
+    """The checkout's commit, or "unknown" (an installed package, an image)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+            check=False,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -475,8 +492,6 @@ def _open_run(
         MLFLOW_SOURCE_TYPE,
         MLFLOW_USER,
     )
-
-    from atelier.training.loop import git_commit
 
     uri = absolute_uri(settings.uri or local_store_uri(run_dir))
     client = connect(uri, fix=TRAIN_FIX)
