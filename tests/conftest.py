@@ -44,6 +44,7 @@ def tiny_overrides() -> Callable[..., list[str]]:
         base: dict[str, object] = {
             "data.train_limit": 600,
             "data.test_limit": 200,
+            "model.arch": "compact",
             "train.epochs": 1,
             "train.batch_size": 64,
             "augment.enabled": False,

@@ -48,13 +48,15 @@ def train(
     """Train, evaluate and gate a model; write a run folder; track it in MLflow."""
     from atelier.runtime.errors import ConfigError
     from atelier.training.config import load_config
+
+    # The config first: a bad file or --set answers before torch and MLflow are imported.
+    cfg = load_config(config, set_ or [])
+    if resume and out is None:
+        raise ConfigError("--resume needs --out: the run folder to continue")
     from atelier.training.loop import check_out_dir
     from atelier.training.loop import train as run_train
     from atelier.training.tracking import load_tracking_settings, tracked_run, ui_hint
 
-    cfg = load_config(config, set_ or [])
-    if resume and out is None:
-        raise ConfigError("--resume needs --out: the run folder to continue")
     out_dir = out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_out_dir(out_dir, resume)
     settings = load_tracking_settings(mode=tracking, uri=tracking_uri, experiment=experiment)

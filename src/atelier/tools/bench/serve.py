@@ -343,6 +343,7 @@ def bench_serve(
     runs ``kserve_workers`` processes (default: one per core)."""
     cores = available_cores()
     kserve_workers = kserve_workers or cores
+    out = out.resolve()  # the peers and servers run in folders of their own
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-serve-", dir=out))
     ensure_store(store, out)
