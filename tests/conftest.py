@@ -36,7 +36,7 @@ def fashion_mnist_dir() -> Path:
     return FASHION_MNIST
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_overrides() -> Callable[..., list[str]]:
     """--set overrides for a few-second run on a small stratified subset."""
 

@@ -98,7 +98,6 @@ def serve(
     from atelier.runtime.errors import ConfigError
     from atelier.tools.kserve import KServeRuntime, KServeSettings
     from atelier.tools.torchserve import TorchServe, TorchServeSettings
-    from atelier.training.archive import current
 
     if runtime is Runtime.torchserve:
         ports = {
@@ -117,6 +116,8 @@ def serve(
                     hint="pass distinct ports (flags or ATELIER_*_PORT env vars)",
                 )
             taken[number] = flag
+    from atelier.training.archive import current  # imports torch: after the flags are checked
+
     cur = current(store)
     if model is None:
         if cur is None:

@@ -163,6 +163,11 @@ def train(
     seed_everything(cfg.train.seed)
     ckpt_path = out_dir / LAST_CHECKPOINT
     check_out_dir(out_dir, resume)
+    # A refused resume answers before the data are read and before the folder is touched.
+    state: dict[str, Any] | None = None
+    if resume:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        _check_resume(cfg, state["config"])
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "checkpoints").mkdir(exist_ok=True)
 
@@ -197,9 +202,7 @@ def train(
     gen = torch.Generator().manual_seed(cfg.train.seed)
     history: list[dict[str, Any]] = []
     best_acc, bad_epochs, start_epoch, train_seconds = -1.0, 0, 1, 0.0
-    if resume:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        _check_resume(cfg, state["config"])
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])

@@ -117,36 +117,48 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path: Path, tiny_override
     assert result.metrics["stop_reason"] == "epochs"
 
 
-def test_resume_may_add_epochs_with_a_step_schedule(tmp_path: Path, tiny_overrides) -> None:
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory, tiny_overrides) -> RunResult:
+    """One finished tiny run (the default one-cycle schedule), never changed by the tests."""
+    return train(load_config(None, tiny_overrides()), tmp_path_factory.mktemp("tiny") / "run")
+
+
+def folder_bytes(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_resume_may_add_epochs_with_a_step_schedule(
+    tmp_path: Path, tiny_overrides, finished: RunResult
+) -> None:
     out = tmp_path / "run"
     train(load_config(None, tiny_overrides(optim__schedule="step")), out)
     (out / "metrics.json").unlink()
     more = load_config(None, tiny_overrides(optim__schedule="step", train__epochs=2))
     assert train(more, out, resume=True).metrics["epochs_run"] == 2
-    onecycle = tmp_path / "onecycle"
-    train(load_config(None, tiny_overrides()), onecycle)
-    (onecycle / "metrics.json").unlink()
+    # One-cycle's learning rate depends on the number of epochs: adding one is refused, and
+    # the refusal leaves the run folder exactly as it was.
+    before = folder_bytes(finished.run_dir)
     with pytest.raises(ConfigError, match="train"):
-        train(load_config(None, tiny_overrides(train__epochs=2)), onecycle, resume=True)
+        train(load_config(None, tiny_overrides(train__epochs=2)), finished.run_dir, resume=True)
+    assert folder_bytes(finished.run_dir) == before
 
 
-def test_resume_refuses_a_different_config(tmp_path: Path, tiny_overrides) -> None:
-    out = tmp_path / "run"
-    train(load_config(None, tiny_overrides()), out)
+def test_resume_refuses_a_different_config(tiny_overrides, finished: RunResult) -> None:
+    before = folder_bytes(finished.run_dir)
     other = load_config(None, tiny_overrides(optim__lr=0.5))
     with pytest.raises(ConfigError, match="optim"):
-        train(other, out, resume=True)
+        train(other, finished.run_dir, resume=True)
+    assert folder_bytes(finished.run_dir) == before
 
 
-def test_a_finished_run_folder_is_not_overwritten(tmp_path: Path, tiny_overrides) -> None:
-    out = tmp_path / "run"
-    train(load_config(None, tiny_overrides()), out)
+def test_a_finished_run_folder_is_not_overwritten(tiny_overrides, finished: RunResult) -> None:
+    before = folder_bytes(finished.run_dir)
     with pytest.raises(ConfigError, match="already holds a finished run"):
-        train(load_config(None, tiny_overrides()), out)
+        train(load_config(None, tiny_overrides()), finished.run_dir)
+    assert folder_bytes(finished.run_dir) == before
 
 
-def test_same_seed_same_model(tmp_path: Path, tiny_overrides) -> None:
-    a = train(load_config(None, tiny_overrides()), tmp_path / "a").metrics
-    b = train(load_config(None, tiny_overrides()), tmp_path / "b").metrics
-    assert a["test_accuracy"] == b["test_accuracy"]
-    assert a["confusion_matrix"] == b["confusion_matrix"]
+def test_same_seed_same_model(tmp_path: Path, tiny_overrides, finished: RunResult) -> None:
+    again = train(load_config(None, tiny_overrides()), tmp_path / "again").metrics
+    assert again["test_accuracy"] == finished.metrics["test_accuracy"]
+    assert again["confusion_matrix"] == finished.metrics["confusion_matrix"]
