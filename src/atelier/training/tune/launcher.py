@@ -161,6 +161,8 @@ def run_tune(req: TuneRequest, hooks: TuneHooks | None = None) -> dict[str, Any]
         "MKL_NUM_THREADS": str(threads),
         **req.env,
     }
+    if isinstance(hooks, StudyTracking):  # the workers track where the parent run is
+        env["MLFLOW_TRACKING_URI"] = hooks.uri
     with (hooks or TuneHooks()).study_run(study):
         return _search(req, study, workers, threads, env, log_dir)
 

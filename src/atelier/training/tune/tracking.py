@@ -34,7 +34,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -439,7 +439,6 @@ class TrialTracking(TuneHooks):
     uri: str
     info: dict[str, Any]
     index: int
-    runs: list[str] = field(default_factory=list)
 
     @classmethod
     def for_worker(cls, study_attrs: Mapping[str, Any], index: int) -> TuneHooks:
@@ -502,5 +501,4 @@ class TrialTracking(TuneHooks):
             self.uri, str(self.info["experiment_id"]), str(self.info["experiment"]), run_id
         )
         tracker = MlflowTracker(self.client, record, Path("."), say=log.warning)
-        self.runs.append(run_id)
         return TrialRun(tracker, trial.number)
