@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make demo: smoke training (tracked in MLflow) -> archive into the model store (registered
-# in MLflow's Model Registry as @champion) -> TorchServe -> Prometheus and
+# in MLflow's Model Registry as @champion) -> the MLflow UI (mlflow server over runs/mlflow.db)
+# -> TorchServe -> Prometheus and
 # Alertmanager -> classify real test images with curl over raw, multipart, KServe v1 and v2
 # -> drift sidecar, clean then shifted traffic -> alerts -> dashboard snapshots -> stop.
 # Every step is the real component, on 127.0.0.1.
@@ -14,6 +15,7 @@ DRIFT_PORT=${ATELIER_DRIFT_PORT:-8095}
 PROM_PORT=${ATELIER_PROMETHEUS_PORT:-9090}
 AM_PORT=${ATELIER_ALERTMANAGER_PORT:-9093}
 WEBHOOK_PORT=${ATELIER_WEBHOOK_PORT:-9099}
+MLFLOW_PORT=${ATELIER_MLFLOW_PORT:-5000}
 SPOOL="$PWD/runs/demo-spool"  # absolute: TorchServe runs in its own folder
 RUN=runs/demo-smoke
 
@@ -46,7 +48,44 @@ step "archive it as a new version in model-store/, registered in the MLflow Mode
 $BIN/atelier archive "$RUN" --store model-store
 cat model-store/CURRENT.json; echo
 $BIN/atelier models list --store model-store
-echo "  MLflow UI: $BIN/mlflow ui --backend-store-uri sqlite:///$PWD/runs/mlflow.db --port 5000  (then http://127.0.0.1:5000)"
+
+step "start the MLflow UI on 127.0.0.1:$MLFLOW_PORT (mlflow server over runs/mlflow.db)"
+rm -rf runs/demo-mlflow
+$BIN/python -m atelier.tools.mlflow_server --root runs/demo-mlflow --port "$MLFLOW_PORT" \
+  --backend-store-uri "sqlite:///$PWD/runs/mlflow.db" > runs/demo-mlflow.log 2>&1 &
+MLFLOW_PID=$!
+SERVE_PID=""
+DRIFT_PID=""
+MON_PID=""
+cleanup() {
+  [ -n "$MON_PID" ] && kill -TERM "$MON_PID" 2>/dev/null && wait "$MON_PID" 2>/dev/null
+  [ -n "$DRIFT_PID" ] && kill -TERM "$DRIFT_PID" 2>/dev/null && wait "$DRIFT_PID" 2>/dev/null
+  [ -n "$SERVE_PID" ] && kill -TERM "$SERVE_PID" 2>/dev/null && wait "$SERVE_PID" 2>/dev/null
+  [ -n "$MLFLOW_PID" ] && kill -TERM "$MLFLOW_PID" 2>/dev/null && wait "$MLFLOW_PID" 2>/dev/null
+  true
+}
+trap cleanup EXIT
+for _ in $(seq 1 240); do
+  grep -q '^ready' runs/demo-mlflow.log 2>/dev/null && break
+  kill -0 $MLFLOW_PID 2>/dev/null || { cat runs/demo-mlflow.log; exit 1; }
+  sleep 0.5
+done
+cat runs/demo-mlflow.log
+MLFLOW_URL=http://127.0.0.1:$MLFLOW_PORT
+RUN_PAGE="$MLFLOW_URL/#/experiments/$($BIN/python -c 'import json, sys
+r = json.load(open(sys.argv[1])); print(r["experiment_id"] + "/runs/" + r["run_id"])' "$RUN/mlflow.json")"
+echo "  the run:   $RUN_PAGE"
+echo "  the model: $MLFLOW_URL/#/models/fashion-mnist"
+echo "\$ curl -s '$MLFLOW_URL/api/2.0/mlflow/registered-models/alias?name=fashion-mnist&alias=champion'"
+curl -s "$MLFLOW_URL/api/2.0/mlflow/registered-models/alias?name=fashion-mnist&alias=champion" \
+  | $BIN/python -c 'import json,sys; v=json.load(sys.stdin)["model_version"]; print("  -> @champion is version", v["version"], "of", v["name"], "from run", v["run_id"], v["status"])'
+if command -v chromium >/dev/null; then
+  # The run's page as a browser renders it (headless Chromium, as tests/integration/test_mlflow.py).
+  timeout -k 5 120 chromium --headless --no-sandbox --disable-gpu --hide-scrollbars \
+    --user-data-dir=runs/demo-mlflow/chromium --window-size=1400,1400 --virtual-time-budget=10000 \
+    --screenshot=runs/demo-mlflow/run-page.png "$RUN_PAGE" >/dev/null 2>&1 \
+    && echo "  the run's page, drawn by headless Chromium: runs/demo-mlflow/run-page.png"
+fi
 
 step "start TorchServe on 127.0.0.1:$PORT (feature spool: $SPOOL)"
 rm -rf "$SPOOL" runs/demo-drift
@@ -54,14 +93,6 @@ mkdir -p "$SPOOL"
 ATELIER_SPOOL_DIR="$SPOOL" $BIN/atelier serve --store model-store --port "$PORT" --management-port "$MGMT_PORT" \
   --metrics-port "$METRICS_PORT" --run-dir runs/demo-torchserve > runs/demo-serve.log 2>&1 &
 SERVE_PID=$!
-DRIFT_PID=""
-MON_PID=""
-cleanup() {
-  [ -n "$MON_PID" ] && kill -TERM "$MON_PID" 2>/dev/null && wait "$MON_PID" 2>/dev/null
-  [ -n "$DRIFT_PID" ] && kill -TERM "$DRIFT_PID" 2>/dev/null && wait "$DRIFT_PID" 2>/dev/null
-  kill -TERM $SERVE_PID 2>/dev/null || true; wait $SERVE_PID 2>/dev/null || true
-}
-trap cleanup EXIT
 for _ in $(seq 1 240); do
   if grep -q '^ready' runs/demo-serve.log 2>/dev/null; then break; fi
   if ! kill -0 $SERVE_PID 2>/dev/null; then cat runs/demo-serve.log; exit 1; fi
@@ -212,6 +243,12 @@ DRIFT_PID=""
 step "stop TorchServe (pid $SERVE_PID)"
 kill -TERM $SERVE_PID
 wait $SERVE_PID || true
+SERVE_PID=""
+
+step "stop the MLflow UI (pid $MLFLOW_PID)"
+kill -TERM "$MLFLOW_PID"; wait "$MLFLOW_PID" || true
+MLFLOW_PID=""
 trap - EXIT
 echo "demo done: run folder $RUN (confusion_matrix.png, training_curves.png, augmentation.png, model_card.md)"
-echo "  its MLflow run and registry: $BIN/mlflow ui --backend-store-uri sqlite:///$PWD/runs/mlflow.db --port 5000"
+echo "  its MLflow run and registry again: $BIN/python -m atelier.tools.mlflow_server --backend-store-uri sqlite:///$PWD/runs/mlflow.db --root runs/demo-mlflow --port $MLFLOW_PORT"
+echo "  (or $BIN/mlflow ui --backend-store-uri sqlite:///$PWD/runs/mlflow.db --port $MLFLOW_PORT), then $MLFLOW_URL"

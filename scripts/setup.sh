@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 # build the three images and run the chart's pods (scripts/build-images.sh --local-base,
 # tests/images/), with the private configuration in scripts/podman-env.sh.
 APT_PACKAGES=(dataset-fashion-mnist curl wrk unzip prometheus prometheus-alertmanager
-  postgresql nginx-light podman buildah fuse-overlayfs slirp4netns uidmap runc debootstrap)
+  postgresql nginx-light podman buildah fuse-overlayfs slirp4netns uidmap runc debootstrap
+  chromium)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -1,11 +1,19 @@
 """`atelier train`, `archive`, `promote` and `models list` against a real MLflow tracking
 server (``mlflow server`` on 127.0.0.1, SQLite backend, local artifact folder), read back
-through MLflow's REST client. One small tracked training run serves the whole module."""
+through MLflow's REST client, and the run's page in MLflow's UI opened by a headless Chromium
+(Debian's ``chromium``). One small tracked training run serves the whole module; every command
+runs once as a real `python -m atelier` process, repeats run in-process (the same functions
+the commands call) to spare the imports."""
 
 from __future__ import annotations
 
+import contextlib
+import html
 import json
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,9 +23,11 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from atelier.runtime.errors import ModelVersionNotFoundError
 from atelier.tools.mlflow_server import MlflowServer, MlflowServerSettings
 from atelier.tools.paths import project_file
 from atelier.tools.process import free_port
+from atelier.training.archive import archive_run
 from atelier.training.registry import (
     CHALLENGER,
     CHAMPION,
@@ -25,6 +35,7 @@ from atelier.training.registry import (
     TAG_MAR_SHA256,
     TAG_STORAGE_URI,
     TAG_STORE_VERSION,
+    promote,
 )
 from atelier.training.tracking import EPOCH_METRICS, RUN_ARTIFACTS, RunRecord, data_digest, flatten
 
@@ -33,7 +44,7 @@ pytestmark = pytest.mark.integration
 SMOKE = str(project_file("training-job/configs/smoke.yaml"))
 # The smoke config on a small subset, two epochs: every epoch's metrics, in seconds.
 SMALL = [
-    "--set", "data.train_limit=1200", "--set", "data.test_limit=300",
+    "--set", "data.train_limit=600", "--set", "data.test_limit=200",
     "--set", "train.epochs=2", "--set", "train.batch_size=64", "--set", "gate.min_accuracy=0.0",
 ]  # fmt: skip
 
@@ -117,7 +128,7 @@ def test_the_run_holds_params_every_epoch_final_metrics_artifacts_and_tags(
     tags = run.data.tags
     assert tags["atelier.git_commit"] == m["git_commit"]
     assert tags["atelier.data.digest"] == data_digest(m["data"])
-    assert tags["atelier.data.sizes"] == "train=1080 val=120 test=300"
+    assert tags["atelier.data.sizes"] == "train=540 val=60 test=200"
     assert tags["atelier.gate"] == "passed"
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["fashion-mnist"]
 
@@ -129,9 +140,10 @@ def test_archive_registers_and_promote_moves_champion_and_current_together(
     first = atelier("archive", str(tracked), "--store", str(store))
     assert first.returncode == 0, first.stderr
     assert "registered fashion-mnist version 1 (@champion" in first.stdout
-    second = atelier("archive", str(tracked), "--store", str(store), "--challenger")
-    assert second.returncode == 0, second.stderr
-    assert "(not current)" in second.stdout and "@challenger" in second.stdout
+    # The candidate: the command's own function, in-process.
+    second = archive_run(tracked, store, challenger=True, say=lambda line: None)
+    assert not second.current and second.registry is not None
+    assert second.registry.version == "2"
     current = json.loads((store / "CURRENT.json").read_text())
     assert current["version"] == "1" and current["registry"]["version"] == "1"
     record = RunRecord.read(tracked)
@@ -157,11 +169,12 @@ def test_archive_registers_and_promote_moves_champion_and_current_together(
     assert json.loads((store / "CURRENT.json").read_text())["version"] == "2"
     assert aliases() == {CHAMPION: "2"}
 
-    # A version that does not exist: one line, non-zero, nothing changed.
+    # A version that does not exist: refused (exit 11 from the command), nothing changed.
     before = (store / "CURRENT.json").read_bytes()
-    missing = atelier("promote", "fashion-mnist", "7", "--store", str(store))
-    assert missing.returncode == 11
-    assert "has no version 7 (versions: 1, 2)" in error_line(missing)
+    with pytest.raises(ModelVersionNotFoundError) as refused:
+        promote(store, "fashion-mnist", "7", say=lambda line: None)
+    assert refused.value.exit_code == 11
+    assert "has no version 7 (versions: 1, 2)" in refused.value.one_line()
     assert (store / "CURRENT.json").read_bytes() == before and aliases() == {CHAMPION: "2"}
 
 
@@ -192,3 +205,66 @@ def test_a_run_that_fails_on_bad_data_ends_failed_on_the_server(
     run = client.get_run(record.run_id)
     assert run.info.status == "FAILED"
     assert "/nowhere does not exist" in run.data.tags["atelier.error"]
+
+
+CHROMIUM = shutil.which("chromium")
+
+
+def chromium(url: str, profile: Path, action: str) -> str:
+    """One headless Chromium call (its own process group, ended by its id); its stdout."""
+    assert CHROMIUM is not None
+    cmd = [
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+        f"--user-data-dir={profile}", "--window-size=1400,2200",
+        # Virtual time lets the single-page app fetch the run and render before the capture.
+        "--virtual-time-budget=10000", action, url,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError(f"chromium {action} {url} did not finish in 120 s") from None
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # helpers it left behind
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-2000:]
+    return out
+
+
+def page_text(dom: str) -> str:
+    """The text of a DOM, one ``|`` between elements."""
+    body = re.sub(r"<(script|style)\b.*?</\1>", "", dom, flags=re.S)
+    text = re.sub(r"\s*<[^>]+>\s*", "|", body)
+    return html.unescape(re.sub(r"\|+", "|", text))
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (scripts/setup.sh installs it)"
+)
+def test_the_mlflow_ui_shows_the_runs_test_accuracy(
+    tracked: Path, client: MlflowClient, server: MlflowServer, tmp_path: Path
+) -> None:
+    record = RunRecord.read(tracked)
+    assert record is not None
+    run = client.get_run(record.run_id)
+    accuracy = run.data.metrics["test_accuracy"]
+    # The UI's hash route of the run's page; its Overview tab holds the metrics table.
+    url = f"{server.url}/#/experiments/{record.experiment_id}/runs/{record.run_id}"
+    text = page_text(chromium(url, tmp_path / "profile", "--dump-dom"))
+    assert f"|{tracked.name}|" in text  # the run's name heads the page
+    assert "|Finished|" in text
+    # The metrics table's row: the key, then the value as the UI prints it (JavaScript's
+    # shortest round-trip text of the double, which is also Python's repr).
+    assert f"|test_accuracy|{accuracy!r}|" in text, text[:3000]
+
+    shot = tmp_path / "mlflow-run-page.png"
+    chromium(url, tmp_path / "profile", f"--screenshot={shot}")
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert (width, height) == (1400, 2200)
+    assert len(png) > 50_000  # a rendered page, not a blank one (about 7 kB)

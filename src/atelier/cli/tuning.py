@@ -38,9 +38,29 @@ def tune(
     out: Annotated[
         Path | None, typer.Option("--out", help="output folder (default runs/tune-<name>-<time>)")
     ] = None,
+    tracking: Annotated[
+        str | None,
+        typer.Option(
+            "--tracking", help="required | optional | off (env ATELIER_TRACKING; default required)"
+        ),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--tracking-uri",
+            help="MLflow tracking URI (env MLFLOW_TRACKING_URI; default sqlite:///<out>/mlflow.db)",
+        ),
+    ] = None,
+    experiment: Annotated[
+        str | None,
+        typer.Option(
+            "--experiment", help="MLflow experiment (env MLFLOW_EXPERIMENT_NAME; default: name)"
+        ),
+    ] = None,
 ) -> None:
     """Search hyperparameters: W workers share one Optuna study; writes best.yaml and plots."""
     from atelier.training.config import load_config
+    from atelier.training.tracking import load_tracking_settings
     from atelier.training.tune.launcher import TuneRequest, run_tune
     from atelier.training.tune.space import DEFAULT_SPACE, load_space
 
@@ -59,6 +79,7 @@ def tune(
             study=study,
             out=out_dir,
             echo=typer.echo,
+            tracking=load_tracking_settings(mode=tracking, uri=tracking_uri, experiment=experiment),
         )
     )
 

@@ -299,6 +299,20 @@ def connect(uri: str, *, fix: str) -> MlflowClient:
     return client
 
 
+def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created (artifacts beside a SQLite store) if missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    try:
+        return str(client.create_experiment(name, artifact_location=artifact_root_for(uri)))
+    except Exception:  # created meanwhile by another run
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return str(found.experiment_id)
+
+
 TRAIN_FIX = (
     "start the server or set MLFLOW_TRACKING_URI / --tracking-uri to one that answers; "
     "or train untracked with --tracking optional (ATELIER_TRACKING=optional) or --tracking off"
@@ -376,6 +390,21 @@ class MlflowTracker:
     def run_end(self, metrics: dict[str, Any], run_dir: Path) -> None:
         with self._timed():
             self._run_end(metrics, run_dir)
+
+    # -- for callers that log more than a training run (`atelier tune`'s trial runs)
+    def log_metrics(self, values: Mapping[str, float], step: int) -> None:
+        """Metrics at ``step``; kept and sent again later when the store does not answer."""
+        with self._timed():
+            self._log_metrics(values, step)
+
+    def set_tags(self, tags: Mapping[str, str], what: str = "tags") -> bool:
+        with self._timed():
+            return self._call(what, lambda: self._set_tags(tags))
+
+    def call(self, what: str, fn: Callable[[], object]) -> bool:
+        """One logging call; a failure is named once and remembered as missing."""
+        with self._timed():
+            return self._call(what, fn)
 
     @contextlib.contextmanager
     def _timed(self) -> Iterator[None]:
@@ -509,19 +538,7 @@ def _open_run(
             say(f"tracking: resuming MLflow run {record.run_id} on {uri}")
         else:
             name = settings.experiment or cfg.name
-            experiment = client.get_experiment_by_name(name)
-            if experiment is None:
-                try:
-                    exp_id = client.create_experiment(
-                        name, artifact_location=artifact_root_for(uri)
-                    )
-                except Exception:  # created meanwhile by another run
-                    found = client.get_experiment_by_name(name)
-                    if found is None:
-                        raise
-                    exp_id = found.experiment_id
-            else:
-                exp_id = experiment.experiment_id
+            exp_id = ensure_experiment(client, name, uri)
             commit = git_commit()
             tags = {
                 MLFLOW_RUN_NAME: run_dir.name,

@@ -51,12 +51,6 @@ def run_of(run_dir: Path) -> tuple[MlflowClient, RunRecord, object]:
     return client, record, client.get_run(record.run_id)
 
 
-@pytest.fixture(scope="module")
-def store_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One SQLite store for the module (creating one runs MLflow's migrations)."""
-    return local_store_uri(tmp_path_factory.mktemp("mlflow") / "run")
-
-
 def test_flatten_names_every_leaf_with_its_dotted_path() -> None:
     assert flatten({"a": {"b": 1, "c": {"d": None}}, "e": "x"}) == {
         "a.b": "1",

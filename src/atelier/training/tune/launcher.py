@@ -2,7 +2,8 @@
 follow the trials as they end, then write the best config, the plots and the summary.
 
 Nothing is written before every input is checked: the flags, the base config, the search
-space against it, the data (and that every class has at least --folds images), the storage.
+space against it, the data (and that every class has at least --folds images), the storage,
+and that the MLflow tracking store answers (atelier.training.tune.tracking).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from atelier.training.tune.space import SearchSpace, check_space
 if TYPE_CHECKING:
     import optuna
 
+    from atelier.training.tracking import TrackingSettings
     from atelier.training.tune.worker import TuneHooks
 
 # optuna, torch (through the data loaders) and matplotlib are imported where they are used,
@@ -48,6 +50,8 @@ class TuneRequest:
     echo: Callable[[str], None] = print
     # Extra environment for the worker processes.
     env: dict[str, str] = field(default_factory=dict)
+    # MLflow: the study's parent run and a nested run per trial; None: untracked.
+    tracking: TrackingSettings | None = None
 
     @property
     def storage_url(self) -> str:
@@ -122,24 +126,21 @@ def run_tune(req: TuneRequest, hooks: TuneHooks | None = None) -> dict[str, Any]
     check_request(req)
     import optuna
 
-    from atelier.training.tune import report
-    from atelier.training.tune.study import (
-        FINISHED,
-        StudySettings,
-        counts,
-        create_study,
-        open_storage,
-    )
+    from atelier.training.tune.study import StudySettings, create_study, open_storage
+    from atelier.training.tune.tracking import StudyTracking, fail_stale_trial_run
     from atelier.training.tune.worker import TuneHooks, default_threads
 
-    hooks = hooks or TuneHooks()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     workers = min(req.workers, req.trials)
     threads = req.threads or default_threads(workers)
     created_out = not req.out.exists()
     req.out.mkdir(parents=True, exist_ok=True)
     try:
-        storage = open_storage(req.storage_url, req.space.heartbeat)
+        if hooks is None and req.tracking is not None:
+            hooks = StudyTracking.connect(req.tracking, req)
+        storage = open_storage(
+            req.storage_url, req.space.heartbeat, failed_trial_callback=fail_stale_trial_run
+        )
         settings = StudySettings(req.base, req.space, req.folds, req.trials)
         study = create_study(storage, req.study_name, settings)
     except BaseException:
@@ -160,30 +161,45 @@ def run_tune(req: TuneRequest, hooks: TuneHooks | None = None) -> dict[str, Any]
         "MKL_NUM_THREADS": str(threads),
         **req.env,
     }
+    if isinstance(hooks, StudyTracking):  # the workers track where the parent run is
+        env["MLFLOW_TRACKING_URI"] = hooks.uri
+    with (hooks or TuneHooks()).study_run(study):
+        return _search(req, study, workers, threads, env, log_dir)
+
+
+def _search(
+    req: TuneRequest,
+    study: optuna.Study,
+    workers: int,
+    threads: int,
+    env: dict[str, str],
+    log_dir: Path,
+) -> dict[str, Any]:
+    """Start the workers, follow them, then report: inside the study's run."""
+    from atelier.training.tune import report
+    from atelier.training.tune.study import FINISHED, counts
+
     t0 = time.monotonic()
     procs: list[subprocess.Popen[bytes]] = []
-    with hooks.study_run(study):
-        try:
-            for i in range(workers):
-                cmd = [sys.executable, "-m", "atelier", "tune-worker"]
-                cmd += ["--storage", req.storage_url, "--study", req.study_name]
-                cmd += ["--out", str(req.out), "--index", str(i), "--threads", str(threads)]
-                with (log_dir / f"worker-{i}.log").open("wb") as fh:
-                    procs.append(
-                        subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-                    )
-                (log_dir / f"worker-{i}.pid").write_text(f"{procs[-1].pid}\n")
-            _follow(req, study, procs)
-        except BaseException:
-            for p in procs:
-                if p.poll() is None:
-                    p.terminate()
-            for p in procs:
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-            raise
+    try:
+        for i in range(workers):
+            cmd = [sys.executable, "-m", "atelier", "tune-worker"]
+            cmd += ["--storage", req.storage_url, "--study", req.study_name]
+            cmd += ["--out", str(req.out), "--index", str(i), "--threads", str(threads)]
+            with (log_dir / f"worker-{i}.log").open("wb") as fh:
+                procs.append(subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env))
+            (log_dir / f"worker-{i}.pid").write_text(f"{procs[-1].pid}\n")
+        _follow(req, study, procs)
+    except BaseException:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        raise
     wall = time.monotonic() - t0
 
     trials = study.get_trials(deepcopy=False)

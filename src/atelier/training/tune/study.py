@@ -12,12 +12,13 @@ heartbeat, and counts as one of them.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from atelier.runtime.errors import ConfigError
 from atelier.training.config import TrainConfig
@@ -36,9 +37,12 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def open_storage(
-    url: str, heartbeat: HeartbeatSettings | None = None
+    url: str,
+    heartbeat: HeartbeatSettings | None = None,
+    failed_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
 ) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage at ``url``, with the heartbeat when settings are given."""
+    """Optuna's RDB storage at ``url``, with the heartbeat when settings are given
+    (``failed_trial_callback`` hears of every trial the heartbeat fails)."""
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         # Workers write at once: wait for SQLite's lock rather than fail.
@@ -51,6 +55,7 @@ def open_storage(
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat.interval_seconds if heartbeat else None,
             grace_period=heartbeat.grace if heartbeat else None,
+            heartbeat_stale_trial_callback=failed_trial_callback if heartbeat else None,
         )
     except Exception as exc:  # sqlalchemy: bad URL, driver missing, server unreachable
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

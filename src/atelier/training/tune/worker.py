@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
@@ -41,6 +41,9 @@ from atelier.training.tune.study import (
     read_settings,
 )
 
+if TYPE_CHECKING:
+    from atelier.training.tune.tracking import TrialRun
+
 log = logging.getLogger("atelier.tune")
 
 TRIALS_DIR = "trials"
@@ -48,17 +51,17 @@ TRIALS_DIR = "trials"
 
 class TuneHooks:
     """Extension points around the search, no-ops here. ``study_run`` wraps the whole search in
-    the `atelier tune` process; ``trial_run`` wraps one trial in the worker that runs it, around
-    every `train` call of the trial. An MLflow integration starts the study's parent run in
-    ``study_run`` (its id into a study user attribute, which every worker can read) and a
-    nested run per trial in ``trial_run``."""
+    the `atelier tune` process, its report included; ``trial_run`` wraps one trial in the worker
+    that runs it, from its claim to its final state, and yields the trial's run (or None).
+    atelier.training.tune.tracking fills them with MLflow: the study's parent run, and a run
+    per trial nested under it."""
 
     def study_run(self, study: optuna.Study) -> AbstractContextManager[None]:
         return contextlib.nullcontext()
 
     def trial_run(
-        self, study: optuna.Study, trial: optuna.Trial, cfg: TrainConfig
-    ) -> AbstractContextManager[None]:
+        self, study: optuna.Study, trial: optuna.Trial
+    ) -> AbstractContextManager[TrialRun | None]:
         return contextlib.nullcontext()
 
 
@@ -102,21 +105,29 @@ class Worker:
         threads: int | None = None,
         hooks: TuneHooks | None = None,
     ) -> None:
+        from atelier.training.tune.tracking import TrialTracking, fail_stale_trial_run
+
         plain = open_storage(storage_url)
         try:
-            settings = read_settings(optuna.load_study(study_name=study_name, storage=plain))
+            loaded = optuna.load_study(study_name=study_name, storage=plain)
+            settings = read_settings(loaded)
+            attrs = loaded.user_attrs
         except KeyError as exc:
             raise ConfigError(f"--study {study_name}: no such study in {storage_url}") from exc
         finally:
             plain.engine.dispose()
         self.settings: StudySettings = settings
-        self.storage = open_storage(storage_url, settings.space.heartbeat)
+        self.storage = open_storage(
+            storage_url, settings.space.heartbeat, failed_trial_callback=fail_stale_trial_run
+        )
         self.study_name = study_name
         self.study_id = self.storage.get_study_id_from_name(study_name)
         self.out_dir = out_dir
         self.index = index
         self.threads = threads or default_threads()
-        self.hooks = hooks or TuneHooks()
+        # Tracking, when the study has an MLflow parent run; an unreachable store raises here,
+        # before this worker claims a trial (unless the search's tracking is optional).
+        self.hooks = hooks or TrialTracking.for_worker(attrs, index)
         self.sampler = make_sampler(settings.space, index)
         self.pruner = make_pruner(settings.space)
         self._splits: dict[str, Splits] = {}
@@ -167,11 +178,15 @@ class Worker:
     # --- one trial
 
     def _run_trial(self, study: optuna.Study, trial: optuna.Trial, trial_id: int) -> None:
-        with _Heartbeat(self.storage, trial_id, self.settings.space.heartbeat.interval_seconds):
+        interval = self.settings.space.heartbeat.interval_seconds
+        with (
+            _Heartbeat(self.storage, trial_id, interval),
+            self.hooks.trial_run(study, trial) as run,
+        ):
             t0 = time.monotonic()
             state, value, error = TrialState.FAIL, None, None
             try:
-                value = self._objective(study, trial)
+                value = self._objective(study, trial, run)
                 state = TrialState.COMPLETE
             except optuna.TrialPruned as exc:
                 state, error = TrialState.PRUNED, str(exc)
@@ -179,12 +194,16 @@ class Worker:
                 error = exc.one_line()
             except KeyboardInterrupt:
                 error = "worker stopped"
-                self._tell(study, trial, TrialState.FAIL, None, error, t0)
+                final = self._tell(study, trial, TrialState.FAIL, None, error, t0)
+                if run is not None:
+                    run.end(final, None, error)
                 raise
             except Exception as exc:
                 log.exception("trial %d failed", trial.number)
                 error = f"{type(exc).__name__}: {exc}"
-            self._tell(study, trial, state, value, error, t0)
+            final = self._tell(study, trial, state, value, error, t0)
+            if run is not None:
+                run.end(final, value if final == TrialState.COMPLETE else None, error)
 
     def _tell(
         self,
@@ -194,7 +213,8 @@ class Worker:
         value: float | None,
         error: str | None,
         t0: float,
-    ) -> None:
+    ) -> TrialState:
+        """Tell the study how the trial ended; the state the study holds afterwards."""
         trial.set_user_attr("seconds", round(time.monotonic() - t0, 1))
         if error:
             trial.set_user_attr("error", " ".join(error.split())[:500])
@@ -207,11 +227,14 @@ class Worker:
             # The heartbeat's grace ran out while the trial was still running (a stalled
             # worker): another worker already failed it. The study keeps FAIL.
             log.warning("trial %d was failed by the heartbeat before it ended", trial.number)
-            return
+            return TrialState.FAIL
         log.info("trial %d %s value=%s %s", trial.number, state.name, value, error or "")
+        return state
 
-    def _objective(self, study: optuna.Study, trial: optuna.Trial) -> float:
+    def _objective(self, study: optuna.Study, trial: optuna.Trial, run: TrialRun | None) -> float:
         values = self.settings.space.suggest(trial)
+        if run is not None:
+            run.log_params(values)
         cfg = trial_config(self.settings.base, values, self.threads)
         trial.set_user_attr("worker", self.index)
         trial.set_user_attr("pid", os.getpid())
@@ -219,10 +242,9 @@ class Worker:
         run_dir = self.out_dir / TRIALS_DIR / f"{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
         splits = self._data(cfg)
-        with self.hooks.trial_run(study, trial, cfg):
-            if self.settings.folds:
-                return cross_validate(trial, cfg, splits, self.settings.folds, run_dir)
-            return holdout(trial, cfg, splits, run_dir)
+        if self.settings.folds:
+            return cross_validate(trial, cfg, splits, self.settings.folds, run_dir, run)
+        return holdout(trial, cfg, splits, run_dir, run)
 
     def _data(self, cfg: TrainConfig) -> Splits:
         key = f"{cfg.data.model_dump_json()}|{cfg.train.seed}"
@@ -237,8 +259,15 @@ def trial_config(base: TrainConfig, values: dict[str, Any], threads: int) -> Tra
     return apply_params(base, {**values, "train.threads": threads, "gate.min_accuracy": 0.0})
 
 
-def holdout(trial: optuna.Trial, cfg: TrainConfig, splits: Splits, run_dir: Path) -> float:
-    """Train once; report validation accuracy after every epoch (step = epoch)."""
+def holdout(
+    trial: optuna.Trial,
+    cfg: TrainConfig,
+    splits: Splits,
+    run_dir: Path,
+    run: TrialRun | None = None,
+) -> float:
+    """Train once; report validation accuracy after every epoch (step = epoch). The trial's
+    MLflow run, if any, gets the training's epochs and final metrics."""
     from atelier.training.loop import train
 
     def report(epoch: int, row: dict[str, Any]) -> None:
@@ -246,7 +275,8 @@ def holdout(trial: optuna.Trial, cfg: TrainConfig, splits: Splits, run_dir: Path
         if trial.should_prune():
             raise optuna.TrialPruned(f"epoch {epoch}: val_accuracy {row['val_accuracy']:.4f}")
 
-    result = train(cfg, run_dir, splits=splits, on_epoch_end=report)
+    tracker = run.train_tracker() if run is not None else None
+    result = train(cfg, run_dir, tracker=tracker, splits=splits, on_epoch_end=report)
     trial.set_user_attr("test_accuracy", result.metrics["test_accuracy"])
     return float(result.metrics["val_accuracy"])
 
@@ -273,21 +303,30 @@ def fold_splits(splits: Splits, k: int, seed: int) -> Iterator[Splits]:
 
 
 def cross_validate(
-    trial: optuna.Trial, cfg: TrainConfig, splits: Splits, k: int, run_dir: Path
+    trial: optuna.Trial,
+    cfg: TrainConfig,
+    splits: Splits,
+    k: int,
+    run_dir: Path,
+    run: TrialRun | None = None,
 ) -> float:
     """Train once per fold; report the running mean validation accuracy after every fold
-    (step = folds done). The objective is the mean over the k folds."""
+    (step = folds done). The objective is the mean over the k folds. The trial's MLflow run, if
+    any, gets each fold's epochs as ``fold-<i>/...`` and the running mean as ``val_accuracy``."""
     from atelier.training.loop import train
 
     accs: list[float] = []
     tests: list[float] = []
     for i, fold in enumerate(fold_splits(splits, k, cfg.train.seed), start=1):
-        result = train(cfg, run_dir / f"fold-{i}", splits=fold)
+        tracker = run.train_tracker(i) if run is not None else None
+        result = train(cfg, run_dir / f"fold-{i}", tracker=tracker, splits=fold)
         accs.append(float(result.metrics["val_accuracy"]))
         tests.append(float(result.metrics["test_accuracy"]))
         mean = float(np.mean(accs))
         trial.set_user_attr("fold_val_accuracy", accs)
         trial.report(mean, i)
+        if run is not None:
+            run.log_step(mean, i)
         if trial.should_prune():
             raise optuna.TrialPruned(f"fold {i}/{k}: mean val_accuracy {mean:.4f}")
     trial.set_user_attr("test_accuracy", round(float(np.mean(tests)), 6))
