@@ -159,6 +159,7 @@ def test_tracking_server_runs_mlflow_against_its_own_database() -> None:
         "postgresql+psycopg://atelier:$(ATELIER_POSTGRESQL_PASSWORD)@atelier-postgresql:5432/mlflow"
     )
     assert not any("PASSWORD" in a or "postgresql" in a for a in args)
+    assert e["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"  # no huey worker processes
     # The database is created when absent, under a lock, in the bundled PostgreSQL.
     create = container(spec, "create-database")
     assert (

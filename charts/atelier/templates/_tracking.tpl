@@ -108,7 +108,7 @@ Usage: include "atelier.createDatabase" (list . "mlflow" $securityContext)
   args:
     - |
       for i in $(seq 120); do pg_isready --quiet && break; echo "waiting for $PGHOST"; sleep 5; done
-      psql --no-psqlrc --quiet -v ON_ERROR_STOP=1 -v db="$ATELIER_DATABASE" <<'SQL'
+      psql --no-psqlrc --quiet --output=/dev/null -v ON_ERROR_STOP=1 -v db="$ATELIER_DATABASE" <<'SQL'
       SELECT pg_advisory_lock(hashtext('atelier create database'));
       SELECT format('CREATE DATABASE %I', :'db')
        WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'db')\gexec

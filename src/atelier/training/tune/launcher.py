@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -406,8 +407,10 @@ def report_study(storage_url: str, study_name: str, out: Path) -> Path:
             f"study {study_name}: no trial completed ({c['PRUNED']} pruned, {c['FAIL']} failed)"
         )
     out.mkdir(parents=True, exist_ok=True)
-    with (out / ".report.lock").open("w") as lock:
+    with (out / ".report.lock").open("w") as lock, warnings.catch_warnings():
         fcntl.flock(lock, fcntl.LOCK_EX)
+        # The log is best.yaml alone (`kubectl logs ... > best.yaml`): no plotting warnings.
+        warnings.simplefilter("ignore")
         skipped = report.write_plots(out, study)
         report.write_summary(
             out,
