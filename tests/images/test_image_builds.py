@@ -4,9 +4,9 @@ What each image must be, checked inside it: it runs as uid/gid 10001; with the r
 filesystem the chart asks for it cannot write anywhere but its mounted /tmp, and even with a
 writable one the app user cannot change the installed software; it carries what its job needs
 (serving: torch 2.13.0, TorchServe and Java; training: Fashion-MNIST and the configs; drift:
-the sidecar and no torch; kserve: torch 2.13.0, kserve and the KServe runtime, no TorchServe
-and no Java) and lists the Debian package versions it was built with. The ``built_images``
-fixture prints each image's size and build time.
+the sidecar and the MLflow server, and no torch; kserve: torch 2.13.0, kserve and the KServe
+runtime, no TorchServe and no Java) and lists the Debian package versions it was built with.
+The ``built_images`` fixture prints each image's size and build time.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ CONTENT = {
     "training": "import torch, atelier.cli; from pathlib import Path; "
     "assert Path('/usr/share/datasets/fashion-mnist').is_dir(); "
     "assert Path('/opt/atelier/configs/smoke.yaml').is_file()",
-    "drift": "import importlib.util as u, atelier.drift.server; "
+    # The drift image also runs the chart's MLflow tracking server (tracking.enabled): the
+    # full mlflow with its server, psycopg for PostgreSQL, boto3 for S3 artifacts.
+    "drift": "import importlib.util as u, atelier.drift.server, mlflow.server, psycopg, boto3; "
     "assert u.find_spec('torch') is None, 'torch is installed'",
     "kserve": "import importlib.util as u, shutil, torch, kserve, atelier.serving.kserve_runtime; "
     "assert torch.__version__.split('+')[0] == '2.13.0', torch.__version__; "

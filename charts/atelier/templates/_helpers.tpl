@@ -268,6 +268,7 @@ envFrom:
 {{- if .Values.drift.enabled -}}
 {{- include "atelier.validateDriftStore" . -}}
 {{- end -}}
+{{- include "atelier.validateTracking" . -}}
 {{- end -}}
 
 {{/*

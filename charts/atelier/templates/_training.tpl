@@ -47,6 +47,9 @@ template:
       {{- include "atelier.podSecurityContext" $t.podSecurityContext | nindent 6 }}
     {{- include "atelier.imagePullSecrets" (list . 4) }}
     initContainers:
+      {{- if .Values.tracking.enabled }}
+      {{- include "atelier.waitForTracking" (list . (include "atelier.image" (list . $t.image)) $t.image.pullPolicy $t.securityContext) | nindent 6 }}
+      {{- end }}
       {{- if $object }}
       - name: fetch-store
         {{- include "atelier.rcloneContainer" . | nindent 8 }}
@@ -160,6 +163,7 @@ env:
     value: /tmp/matplotlib
   - name: PYTHONDONTWRITEBYTECODE
     value: "1"
+  {{- include "atelier.trackingEnv" . | nindent 2 }}
   {{- with .Values.training.extraEnv }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
@@ -229,6 +233,7 @@ The Job's name carries a hash of everything that shapes the pod, so a changed co
 makes a new Job (a Job's pod template is immutable) and an unchanged one is left alone.
 */}}
 {{- define "atelier.trainingJobName" -}}
-{{- $hash := dict "t" .Values.training "s" .Values.modelStore "m" .Values.model "v" .Chart.AppVersion | toJson | sha256sum | trunc 8 -}}
+{{- $tracking := ternary (include "atelier.trackingUri" .) "off" .Values.tracking.enabled -}}
+{{- $hash := dict "t" .Values.training "s" .Values.modelStore "m" .Values.model "v" .Chart.AppVersion "k" $tracking | toJson | sha256sum | trunc 8 -}}
 {{- include "atelier.componentName" (list . (printf "train-%s" $hash)) -}}
 {{- end -}}

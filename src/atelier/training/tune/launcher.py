@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     import optuna
 
     from atelier.training.tracking import TrackingSettings
+    from atelier.training.tune.study import StudySettings
     from atelier.training.tune.worker import TuneHooks
 
 # optuna, torch (through the data loaders) and matplotlib are imported where they are used,
@@ -62,8 +64,9 @@ class TuneRequest:
         return self.study or self.base.name
 
 
-def check_request(req: TuneRequest) -> None:
-    """Every check that needs no writing, in the order a user fixes them."""
+def check_request(req: TuneRequest, *, fresh_out: bool = True) -> None:
+    """Every check that needs no writing, in the order a user fixes them. ``fresh_out=False``
+    (prepare, on a shared folder) accepts an --out that already holds files."""
     if req.trials < 1:
         raise ConfigError(f"--trials {req.trials}: run at least 1 trial")
     if req.workers < 1:
@@ -73,7 +76,7 @@ def check_request(req: TuneRequest) -> None:
             f"--folds {req.folds}: k-fold cross-validation needs at least 2 folds",
             hint="use --folds 2 or more, or leave it out for the validation split",
         )
-    if req.out.exists() and any(req.out.iterdir()):
+    if fresh_out and req.out.exists() and any(req.out.iterdir()):
         raise ConfigError(f"--out {req.out} is not empty", hint="pick a new --out")
     check_space(req.space, req.base, req.space_source)
     if req.storage is not None:
@@ -292,3 +295,154 @@ def _follow(req: TuneRequest, study: optuna.Study, procs: list[subprocess.Popen[
                 continue
             return
         time.sleep(1.0)
+
+
+# --- a study shared by pods: prepared once, reported by whichever worker pod ends
+
+
+def masked_url(url: str) -> str:
+    """The storage URL without its password, for logs and summary.json."""
+    import sqlalchemy
+
+    try:
+        return sqlalchemy.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable storage URL>"
+
+
+def prepare_study(req: TuneRequest, wait_seconds: float = 300.0) -> tuple[optuna.Study, bool]:
+    """Create the study with its settings and its ``req.trials`` WAITING trials unless it
+    exists: (the study, whether this call created it). Idempotent and safe to run at once in
+    every pod of a Job: the storage's unique study name lets one caller create it; the others
+    wait until it holds all its trials (the creator enqueues them right after creating it) and
+    check that its settings are the ones asked for. Starts no worker."""
+    check_request(req, fresh_out=False)
+    import optuna
+
+    from atelier.training.tune.study import (
+        TRIALS_ATTR,
+        StudySettings,
+        create_study,
+        open_storage,
+    )
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if req.storage is None:
+        req.out.mkdir(parents=True, exist_ok=True)  # the default SQLite study lives there
+    for attempt in range(3):  # pods that start at once race to create Optuna's tables
+        try:
+            storage = open_storage(req.storage_url, req.space.heartbeat)
+            break
+        except ConfigError:
+            if attempt == 2:
+                raise
+            time.sleep(1.0 + attempt)
+    settings = StudySettings(req.base, req.space, req.folds, req.trials)
+    name = req.study_name
+    if name not in {s.study_name for s in storage.get_all_studies()}:
+        try:
+            return create_study(storage, name, settings), True
+        except (optuna.exceptions.DuplicatedStudyError, ConfigError):
+            pass  # another pod created it between the look and the create
+    study = optuna.load_study(study_name=name, storage=storage)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        # The creator records the settings (the trial count last), then enqueues the trials.
+        want = study.user_attrs.get(TRIALS_ATTR)
+        have = len(study.get_trials(deepcopy=False))
+        if want is not None and have >= want:
+            break
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"--study {name}: exists in {masked_url(req.storage_url)} with {have} of its "
+                f"{want if want is not None else '?'} trials after {wait_seconds:.0f} s (its "
+                "creator stopped before it had enqueued them)",
+                hint="delete the study (optuna delete-study) or pick another --study",
+            )
+        time.sleep(1.0)
+    _check_same_settings(study, settings)
+    return study, False
+
+
+def _check_same_settings(study: optuna.Study, asked: StudySettings) -> None:
+    from atelier.training.tune.study import read_settings
+
+    have = read_settings(study)
+    differ = [
+        label
+        for label, a, b in (
+            (
+                "the base config",
+                have.base.model_dump(mode="json"),
+                asked.base.model_dump(mode="json"),
+            ),
+            (
+                "the search space",
+                have.space.model_dump(mode="json"),
+                asked.space.model_dump(mode="json"),
+            ),
+            ("--folds", have.folds, asked.folds),
+            ("--trials", have.trials, asked.trials),
+        )
+        if a != b
+    ]
+    if differ:
+        raise ConfigError(
+            f"--study {study.study_name}: exists with other settings ({', '.join(differ)} differ)",
+            hint="pick another --study for the new settings",
+        )
+
+
+def report_study(storage_url: str, study_name: str, out: Path) -> Path:
+    """Write best.yaml, summary.json and the plots of a finished study into ``out``; the path
+    of best.yaml. Several pods may report the same study at once: a lock on ``out`` takes
+    them one at a time, and each writes the same files."""
+    import fcntl
+
+    import optuna
+
+    from atelier.training.tune import report
+    from atelier.training.tune.study import FINISHED, counts, open_storage, read_settings
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(storage_url)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError as exc:
+        raise ConfigError(
+            f"--study {study_name}: no such study in {masked_url(storage_url)}"
+        ) from exc
+    settings = read_settings(study)
+    trials = study.get_trials(deepcopy=False)
+    left = [t for t in trials if t.state not in FINISHED]
+    if left:
+        raise TuningError(f"study {study_name}: {len(left)} of {len(trials)} trials not finished")
+    c = counts(trials)
+    if c["COMPLETE"] == 0:
+        raise TuningError(
+            f"study {study_name}: no trial completed ({c['PRUNED']} pruned, {c['FAIL']} failed)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / ".report.lock").open("w") as lock, warnings.catch_warnings():
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        # The log is best.yaml alone (`kubectl logs ... > best.yaml`): no plotting warnings.
+        warnings.simplefilter("ignore")
+        skipped = report.write_plots(out, study)
+        report.write_summary(
+            out,
+            study,
+            {
+                "storage": masked_url(storage_url),
+                "folds": settings.folds,
+                "requested_trials": settings.trials,
+                "plots_skipped": skipped,
+            },
+        )
+        best = report.write_best_config(out, study, settings.base)
+        # Tracked (the chart's tune Job): the first report ends the parent run that
+        # `--prepare-only` opened, with these results. Messages go to stderr: stdout is
+        # best.yaml alone.
+        from atelier.training.tune.tracking import close_prepared_study_run
+
+        close_prepared_study_run(study, out, lambda line: print(line, file=sys.stderr))
+        return best

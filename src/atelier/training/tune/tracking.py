@@ -60,6 +60,9 @@ from atelier.training.tracking import (
 )
 from atelier.training.tune.worker import TuneHooks, default_threads
 
+# How long a tune Job pod that found the study waits for its creator's parent run.
+PARENT_WAIT_S = 60.0
+
 if TYPE_CHECKING:
     import optuna
     from mlflow import MlflowClient
@@ -502,3 +505,76 @@ class TrialTracking(TuneHooks):
         )
         tracker = MlflowTracker(self.client, record, Path("."), say=log.warning)
         return TrialRun(tracker, trial.number)
+
+
+# --- the chart's tune Job: `atelier tune --prepare-only` opens the parent run, `tune-report`
+# ends it (no process runs the whole search there).
+
+
+def open_prepared_study_run(
+    hooks: StudyTracking | None, study: optuna.Study, created: bool, echo: Any
+) -> None:
+    """The pod that created the study opens its parent run and stores where it is; the pods
+    that found the study wait (up to ``PARENT_WAIT_S``) until it is stored, so that their
+    workers nest their trials under it. ``hooks`` (StudyTracking.connect, called before the
+    study is touched) is None when tracking is off or the store is down and optional."""
+    if hooks is None:
+        return
+    if created:
+        hooks._open(study)
+        return
+    deadline = time.monotonic() + PARENT_WAIT_S
+    while tracking_info(study.user_attrs) is None:
+        if time.monotonic() > deadline:
+            echo(
+                f"tracking: study {study.study_name} has no MLflow parent run after "
+                f"{PARENT_WAIT_S:.0f} s (its creator tracked nothing): trials run untracked"
+            )
+            return
+        time.sleep(1.0)
+        study = optuna_study(study)
+
+
+def optuna_study(study: optuna.Study) -> optuna.Study:
+    """The study read again from its storage (user attributes are read when loaded)."""
+    import optuna
+
+    return optuna.load_study(study_name=study.study_name, storage=study._storage)
+
+
+def close_prepared_study_run(study: optuna.Study, out: Path, echo: Any) -> bool:
+    """`tune-report`: end the parent run `--prepare-only` opened, with the search's results
+    (as `atelier tune` does at its end); only the first report does. True when it ended it."""
+    from atelier.training.tune.launcher import TuneRequest
+    from atelier.training.tune.study import read_settings
+
+    info = tracking_info(study.user_attrs)
+    if info is None:
+        return False
+    uri = worker_uri(info)
+    mode = info.get("mode", "required")
+    run_id = str(info["parent_run_id"])
+    try:
+        client = connect(uri, fix=TUNE_FIX)
+        if client.get_run(run_id).info.status != "RUNNING":
+            return False
+    except Exception as exc:
+        if mode == "required":
+            raise
+        echo(f"tracking: the search's MLflow run {run_id} stays open: {short_error(exc)}")
+        return False
+    settings = read_settings(study)
+    req = TuneRequest(
+        base=settings.base,
+        space=settings.space,
+        space_source="study",
+        trials=settings.trials,
+        folds=settings.folds,
+        study=study.study_name,
+        out=out,
+        echo=echo,
+        tracking=TrackingSettings(mode=mode, uri=uri),
+    )
+    hooks = StudyTracking(client, uri, req.tracking, req, run_id, str(info["experiment_id"]))  # type: ignore[arg-type]
+    hooks._close(study, "FINISHED", None)
+    return True
