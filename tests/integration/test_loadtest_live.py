@@ -52,6 +52,9 @@ def test_every_request_type_succeeds_and_feedback_joins(
     proc = loadtest(
         torchserve_server.inference_url, "--drift-url", sidecar.url, "--users", "4",
         "--duration", "20", "--feedback-share", "0.3", "--drift", "--report-dir", str(report),
+        # About success and joins, not speed: on a shared 2-core machine the default 250 ms
+        # p99 broke once (300 ms while images built). The SLO's verdict is the next test's.
+        "--slo-p99-ms", "60000",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((report / "summary.json").read_text())

@@ -122,7 +122,8 @@ def test_frontend_500s_for_form_encoded_images_burn_no_budget(live: dict, test_i
     fives = total(prom, f"Requests5XX{SEL}")
     assert fives >= FRONTEND_500S
     assert fives / sum(total(prom, f"Requests{c}XX{SEL}") for c in (2, 4, 5)) > 14.4 * 0.001
-    assert error_ratios(prom) == dict.fromkeys(WINDOWS, 0.0)
+    # No error in any window; Prometheus' float arithmetic may leave 1e-16 where 0 is meant.
+    assert error_ratios(prom) == dict.fromkeys(WINDOWS, pytest.approx(0.0, abs=1e-12))
     assert prom.value(f'sum(atelier:requests:rate5m{{code="5xx", model="{MODEL}"}})') == 0.0
     assert not prom.firing("ErrorBudgetBurn")
 

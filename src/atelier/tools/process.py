@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -40,7 +41,36 @@ def metric_sum(url: str, name: str, **labels: str) -> float:
     return total
 
 
+# Ports handed out by this process: two servers started one after the other never get the same.
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives outgoing connections (32768 on Linux by default)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on, for a server about to start. Drawn below the kernel's
+    ephemeral range: a port from inside it (what binding port 0 gives) can be taken by any
+    outgoing connection between this check and the server's bind, and under load it was
+    (TorchServe: "Failed to bind ... Address already in use")."""
+    low = _ephemeral_low()
+    if low > 2048:
+        for _ in range(200):
+            port = random.randint(max(1024, low - 12_000), low - 1)
+            if port in _HANDED_OUT:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            return port
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
