@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from atelier.cli.options import DEFAULT_STORE
+from atelier.cli.options import DEFAULT_STORE, EXPERIMENT, TRACKING_MODE
 from atelier.training.config import DEFAULT_FASHION_MNIST_DIR
 
 
@@ -23,13 +23,7 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="continue from --out's last checkpoint")
     ] = False,
-    tracking: Annotated[
-        str | None,
-        typer.Option(
-            "--tracking",
-            help="required | optional | off (env ATELIER_TRACKING; default required)",
-        ),
-    ] = None,
+    tracking: Annotated[str | None, TRACKING_MODE] = None,
     tracking_uri: Annotated[
         str | None,
         typer.Option(
@@ -38,12 +32,7 @@ def train(
             "sqlite:///<parent of --out>/mlflow.db)",
         ),
     ] = None,
-    experiment: Annotated[
-        str | None,
-        typer.Option(
-            "--experiment", help="MLflow experiment (env MLFLOW_EXPERIMENT_NAME; default: name)"
-        ),
-    ] = None,
+    experiment: Annotated[str | None, EXPERIMENT] = None,
 ) -> None:
     """Train, evaluate and gate a model; write a run folder; track it in MLflow."""
     from atelier.runtime.errors import ConfigError

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from atelier.cli.options import EXPERIMENT, TRACKING_MODE
+
 # The storage URL may carry a password: the chart's tune Job passes it in the environment.
 STORAGE_ENV = "ATELIER_TUNE_STORAGE"
 
@@ -45,12 +47,7 @@ def tune(
     out: Annotated[
         Path | None, typer.Option("--out", help="output folder (default runs/tune-<name>-<time>)")
     ] = None,
-    tracking: Annotated[
-        str | None,
-        typer.Option(
-            "--tracking", help="required | optional | off (env ATELIER_TRACKING; default required)"
-        ),
-    ] = None,
+    tracking: Annotated[str | None, TRACKING_MODE] = None,
     tracking_uri: Annotated[
         str | None,
         typer.Option(
@@ -58,12 +55,7 @@ def tune(
             help="MLflow tracking URI (env MLFLOW_TRACKING_URI; default sqlite:///<out>/mlflow.db)",
         ),
     ] = None,
-    experiment: Annotated[
-        str | None,
-        typer.Option(
-            "--experiment", help="MLflow experiment (env MLFLOW_EXPERIMENT_NAME; default: name)"
-        ),
-    ] = None,
+    experiment: Annotated[str | None, EXPERIMENT] = None,
     prepare_only: Annotated[
         bool,
         typer.Option(

@@ -586,6 +586,28 @@ def _system_metrics(record: RunRecord, resume: bool, say: Say) -> Any:
         return None
 
 
+@dataclass
+class RunOutcome:
+    """The MLflow status a ``with`` block ends with: FINISHED when it returns, KILLED on
+    Ctrl-C or SIGTERM (as KeyboardInterrupt), FAILED on any other exception (``error``).
+    It never swallows the exception."""
+
+    status: str = "FAILED"
+    error: BaseException | None = None
+
+    def __enter__(self) -> RunOutcome:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if exc is None:
+            self.status = "FINISHED"
+        else:
+            self.status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            self.error = exc
+
+
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (a Job's pod deleted, `kill`) ends the run like Ctrl-C: KILLED, not RUNNING."""
@@ -676,20 +698,13 @@ def tracked_run(
         yield None
         return
     tracker.seconds += time.perf_counter() - t0
-    status = "FAILED"
-    error: BaseException | None = None
+    outcome = RunOutcome()
     try:
-        with _sigterm_as_interrupt():
+        with outcome, _sigterm_as_interrupt():
             yield tracker
-        status = "FINISHED"
-    except KeyboardInterrupt as exc:
-        status, error = "KILLED", exc
-        raise
-    except BaseException as exc:
-        error = exc
-        raise
     finally:
-        status = _finish(tracker, status, error, say)
+        error = outcome.error
+        status = _finish(tracker, outcome.status, error, say)
         where = f"MLflow run {tracker.run_id} ({status}) in {tracker.record.tracking_uri}"
         if tracker.missing:
             message = f"{where} is incomplete: {'; '.join(tracker.missing)}"

@@ -47,6 +47,7 @@ from atelier.training.tracking import (
     LOCAL_DB,
     MAX_TAG_CHARS,
     MlflowTracker,
+    RunOutcome,
     RunRecord,
     TrackingSettings,
     absolute_uri,
@@ -163,19 +164,12 @@ class StudyTracking(TuneHooks):
     @contextlib.contextmanager
     def study_run(self, study: optuna.Study) -> Iterator[None]:
         self._open(study)
-        status = "FAILED"
-        error: BaseException | None = None
+        outcome = RunOutcome()
         try:
-            yield
-            status = "FINISHED"
-        except KeyboardInterrupt as exc:
-            status, error = "KILLED", exc
-            raise
-        except BaseException as exc:
-            error = exc
-            raise
+            with outcome:
+                yield
         finally:
-            self._close(study, status, error)
+            self._close(study, outcome.status, outcome.error)
 
     def _open(self, study: optuna.Study) -> None:
         from mlflow.utils.mlflow_tags import (
