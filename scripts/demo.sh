@@ -57,6 +57,16 @@ MLFLOW_PID=$!
 SERVE_PID=""
 DRIFT_PID=""
 MON_PID=""
+# Wait (up to TRIES half-seconds) until a server started in the background prints its
+# "ready" line into LOG; if it exits first, show its log and stop the demo.
+wait_ready() {
+  local log=$1 pid=$2 tries=$3
+  for _ in $(seq 1 "$tries"); do
+    grep -q '^ready' "$log" 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || { cat "$log"; exit 1; }
+    sleep 0.5
+  done
+}
 cleanup() {
   [ -n "$MON_PID" ] && kill -TERM "$MON_PID" 2>/dev/null && wait "$MON_PID" 2>/dev/null
   [ -n "$DRIFT_PID" ] && kill -TERM "$DRIFT_PID" 2>/dev/null && wait "$DRIFT_PID" 2>/dev/null
@@ -65,11 +75,7 @@ cleanup() {
   true
 }
 trap cleanup EXIT
-for _ in $(seq 1 240); do
-  grep -q '^ready' runs/demo-mlflow.log 2>/dev/null && break
-  kill -0 $MLFLOW_PID 2>/dev/null || { cat runs/demo-mlflow.log; exit 1; }
-  sleep 0.5
-done
+wait_ready runs/demo-mlflow.log "$MLFLOW_PID" 240
 cat runs/demo-mlflow.log
 MLFLOW_URL=http://127.0.0.1:$MLFLOW_PORT
 RUN_PAGE="$MLFLOW_URL/#/experiments/$($BIN/python -c 'import json, sys
@@ -93,11 +99,7 @@ mkdir -p "$SPOOL"
 ATELIER_SPOOL_DIR="$SPOOL" $BIN/atelier serve --store model-store --port "$PORT" --management-port "$MGMT_PORT" \
   --metrics-port "$METRICS_PORT" --run-dir runs/demo-torchserve > runs/demo-serve.log 2>&1 &
 SERVE_PID=$!
-for _ in $(seq 1 240); do
-  if grep -q '^ready' runs/demo-serve.log 2>/dev/null; then break; fi
-  if ! kill -0 $SERVE_PID 2>/dev/null; then cat runs/demo-serve.log; exit 1; fi
-  sleep 0.5
-done
+wait_ready runs/demo-serve.log "$SERVE_PID" 240
 grep -q '^ready' runs/demo-serve.log || { echo "TorchServe did not get ready"; cat runs/demo-serve.log; exit 1; }
 cat runs/demo-serve.log
 
@@ -109,11 +111,7 @@ $BIN/atelier monitoring up --torchserve "127.0.0.1:$METRICS_PORT" --drift "127.0
   --scrape-interval 2s --evaluation-interval 2s --group-wait 2s --group-interval 10s \
   --run-dir runs/demo-monitoring > runs/demo-monitoring.log 2>&1 &
 MON_PID=$!
-for _ in $(seq 1 120); do
-  grep -q '^ready' runs/demo-monitoring.log 2>/dev/null && break
-  kill -0 $MON_PID 2>/dev/null || { cat runs/demo-monitoring.log; exit 1; }
-  sleep 0.5
-done
+wait_ready runs/demo-monitoring.log "$MON_PID" 120
 cat runs/demo-monitoring.log
 
 step "classify Fashion-MNIST test images with curl: raw PNG bodies"
